@@ -1,0 +1,75 @@
+// CPU append_kv and merge_attention_states.
+//
+// append_kv: at::parallel_for over tokens; each token copies its Hk x D rows of
+// k and v into the slot's page. Negative slots are skipped.
+// merge: at::parallel_for over (token, head) rows.
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+
+#include "cpu/cpu_kernels.h"
+#include "fastattn/mask.h"
+#include "fastattn/softmax.h"
+
+namespace fastattn::cpu {
+namespace {
+
+template <typename T>
+void append_kv_impl(const AppendKVParams& p) {
+  T* kc = static_cast<T*>(p.k_cache);
+  T* vc = static_cast<T*>(p.v_cache);
+  const T* k = static_cast<const T*>(p.k);
+  const T* v = static_cast<const T*>(p.v);
+  at::parallel_for(0, p.num_tokens, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t slot = p.slot_mapping[t];
+      if (slot < 0) continue;
+      const int64_t page = slot_page(slot, p.page_size);
+      const int64_t off = slot_in_page(slot, p.page_size);
+      for (int h = 0; h < p.num_heads_k; ++h) {
+        std::copy_n(k + t * p.k_token_stride + h * p.k_head_stride, p.head_dim,
+                    kc + page * p.kc_page_stride + off * p.kc_row_stride + h * p.kc_head_stride);
+        std::copy_n(v + t * p.v_token_stride + h * p.v_head_stride, p.head_dim,
+                    vc + page * p.vc_page_stride + off * p.vc_row_stride + h * p.vc_head_stride);
+      }
+    }
+  });
+}
+
+template <typename T>
+void merge_impl(const MergeParams& p) {
+  const T* a = static_cast<const T*>(p.out_a);
+  const T* b = static_cast<const T*>(p.out_b);
+  T* o = static_cast<T*>(p.out);
+  at::parallel_for(0, p.num_rows, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const MergeWeights w = merge_weights(p.lse_a[r], p.lse_b[r]);
+      const T* ar = a + r * p.out_a_row_stride;
+      const T* br = b + r * p.out_b_row_stride;
+      T* orow = o + r * p.out_row_stride;
+      for (int d = 0; d < p.head_dim; ++d) {
+        // A side with weight 0 contributes nothing, even where its output is
+        // not finite (an empty partial state).
+        float x = 0.f;
+        if (w.w_a != 0.f) x += w.w_a * float(ar[d]);
+        if (w.w_b != 0.f) x += w.w_b * float(br[d]);
+        orow[d] = T(x);
+      }
+      p.lse[r] = w.lse;
+    }
+  });
+}
+
+}  // namespace
+
+void append_kv(const AppendKVParams& p, c10::ScalarType dtype) {
+  FASTATTN_CPU_DISPATCH(dtype, append_kv_impl, p)
+}
+
+void merge_attention_states(const MergeParams& p, c10::ScalarType dtype) {
+  FASTATTN_CPU_DISPATCH(dtype, merge_impl, p)
+}
+
+}  // namespace fastattn::cpu

@@ -1,0 +1,40 @@
+"""fastattn: attention kernels for inference servers.
+
+Dense (self/cross), varlen and paged-KV attention with one set of semantics on
+CPU and CUDA; see README.md for shapes, masking and the validation rules.
+"""
+import torch  # noqa: F401  (loads libtorch before the extension)
+
+from . import _C  # registers torch.ops.fastattn.*
+from . import _fake  # noqa: F401  (fake kernels for torch.compile)
+from ._api import (
+    append_kv,
+    attention,
+    attention_varlen,
+    cross_attention,
+    merge_attention_states,
+    paged_attention,
+    self_attention,
+)
+from .cache import PagedKVCache
+
+__version__ = _C.build_info()["version"]
+
+
+def build_info() -> dict:
+    """How this copy was built: version, torch version, CUDA kernels and architectures."""
+    return dict(_C.build_info())
+
+
+__all__ = [
+    "attention",
+    "self_attention",
+    "cross_attention",
+    "attention_varlen",
+    "paged_attention",
+    "append_kv",
+    "merge_attention_states",
+    "PagedKVCache",
+    "build_info",
+    "__version__",
+]

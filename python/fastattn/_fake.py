@@ -1,0 +1,33 @@
+"""Fake (meta) kernels so that torch.compile traces the ops without running them."""
+import torch
+
+
+def _out_lse(q: torch.Tensor):
+    return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
+
+
+@torch.library.register_fake("fastattn::attention")
+def _attention_fake(q, k, v, kv_lens, softmax_scale, causal, window_left, window_right, softcap):
+    return _out_lse(q)
+
+
+@torch.library.register_fake("fastattn::attention_varlen")
+def _attention_varlen_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                           softmax_scale, causal, window_left, window_right, softcap):
+    return _out_lse(q)
+
+
+@torch.library.register_fake("fastattn::paged_attention")
+def _paged_attention_fake(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q,
+                          softmax_scale, causal, window_left, window_right, softcap):
+    return _out_lse(q)
+
+
+@torch.library.register_fake("fastattn::append_kv")
+def _append_kv_fake(k_cache, v_cache, k, v, slot_mapping):
+    return None
+
+
+@torch.library.register_fake("fastattn::merge_attention_states")
+def _merge_fake(out_a, lse_a, out_b, lse_b):
+    return out_a.new_empty(out_a.shape), lse_a.new_empty(lse_a.shape)
