@@ -2,19 +2,28 @@
 //
 // Algorithm: FlashAttention-style tiling. A work item is one (batch row, KV
 // head, tile of kBlockM query positions); it owns the rows of every query head
-// in that KV head's group (GQA), so each K/V tile is converted to fp32 once and
-// reused by the whole group. Key tiles of kBlockN stream through an online
-// softmax; output and lse are written once. Only keys inside the union of the
-// rows' visible ranges are read, so tiles above the causal diagonal or outside a
-// window are skipped, and paged keys are read in place through the block table
-// (never past seq_len: unused slots may hold anything, NaN included).
+// in that KV head's group (GQA), so each K/V tile is staged (converted to fp32,
+// read through the block table when paged) once for the whole group. Key tiles
+// of kBlockN stream through an online softmax; output and lse are written once.
+// Only keys inside the union of the rows' visible ranges are read, so tiles
+// above the causal diagonal or outside a window are skipped, and paged keys are
+// never read past seq_len (unused slots may hold anything, NaN included).
+//
+// Two inner paths share the staging and the softmax bookkeeping:
+//  - many rows (prefill, extend, cross): Q.K^T and P.V are GEMMs on the fp32
+//    tiles through ATen (the BLAS torch links), exp is ATen's vectorised exp;
+//  - few rows (decode): direct loops, since the data moved dominates and a
+//    GEMM call per tile would cost more than it computes.
 //
 // Work split: at::parallel_for over items ordered (batch, kv head, q tile).
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <bit>
+#include <cstring>
 #include <vector>
 
 #include "cpu/cpu_kernels.h"
@@ -24,106 +33,220 @@
 namespace fastattn::cpu {
 namespace {
 
-constexpr int kBlockM = 32;  // query positions per item
-constexpr int kBlockN = 64;  // keys per tile
+constexpr int kBlockN = 256;      // keys per tile
+constexpr int kGemmRows = 128;    // target rows (query positions x group heads) per item
+constexpr int kMinGemmRows = 16;  // below this, direct loops beat a GEMM call
+
+// fp32 copies of a row; written as plain loops so they vectorise.
+inline void to_float(const float* src, float* dst, int n) { std::memcpy(dst, src, n * sizeof(float)); }
+
+inline void to_float(const c10::BFloat16* src, float* dst, int n) {
+  const uint16_t* bits = reinterpret_cast<const uint16_t*>(src);
+  for (int i = 0; i < n; ++i) dst[i] = std::bit_cast<float>(uint32_t(bits[i]) << 16);
+}
+
+inline void to_float(const c10::Half* src, float* dst, int n) {
+  for (int i = 0; i < n; ++i) dst[i] = float(src[i]);
+}
+
+inline float dot(const float* a, const float* b, int n) {
+  float s = 0.f;
+#pragma omp simd reduction(+ : s)
+  for (int i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+struct Workspace {
+  std::vector<float> q;    // scaled queries [rows, D]
+  std::vector<float> k;    // key tile [N, D]
+  std::vector<float> v;    // value tile [N, D]
+  std::vector<float> s;    // scores, then probabilities [rows, N]
+  std::vector<float> acc;  // unnormalised output [rows, D]
+  std::vector<OnlineSoftmax> state;
+  std::vector<KeyRange> ranges;
+};
+
+template <typename T>
+class AttentionTile {
+ public:
+  AttentionTile(const AttnParams& p, int m_block) : p_(p), m_block_(m_block) {
+    group_ = p.num_heads_q / p.num_heads_k;
+    const int D = p.head_dim;
+    const size_t max_rows = size_t(group_) * m_block;
+    ws_.q.resize(max_rows * D);
+    ws_.k.resize(size_t(kBlockN) * D);
+    ws_.v.resize(size_t(kBlockN) * D);
+    ws_.s.resize(max_rows * kBlockN);
+    ws_.acc.resize(max_rows * D);
+    ws_.state.resize(max_rows);
+    ws_.ranges.resize(m_block);
+  }
+
+  // Rows r = g * m + (i - i0): query position i of head hk * group + g.
+  void run(int b, int hk, int i0) {
+    const SeqBounds s = seq_bounds(p_, b);
+    if (i0 >= s.q_len) return;
+    const int D = p_.head_dim;
+    m_ = std::min(m_block_, s.q_len - i0);
+    rows_ = group_ * m_;
+    for (int r = 0; r < m_; ++r)
+      ws_.ranges[r] = visible_keys(i0 + r, s.q_len, s.k_len, p_.causal, p_.window_left,
+                                   p_.window_right);
+    const KeyRange keys = visible_keys_of_rows(i0, i0 + m_, s.q_len, s.k_len, p_.causal,
+                                               p_.window_left, p_.window_right);
+    const T* q = static_cast<const T*>(p_.q);
+    for (int r = 0; r < rows_; ++r) {
+      float* dst = &ws_.q[size_t(r) * D];
+      to_float(q + q_offset(p_, s, b, i0 + r % m_, hk * group_ + r / m_), dst, D);
+      for (int d = 0; d < D; ++d) dst[d] *= p_.softmax_scale;
+      ws_.state[r].init();
+    }
+    std::fill_n(ws_.acc.begin(), size_t(rows_) * D, 0.f);
+
+    const bool gemm = rows_ >= kMinGemmRows;
+    for (int n0 = keys.lo; n0 < keys.hi; n0 += kBlockN) {
+      const int n = std::min(kBlockN, keys.hi - n0);
+      stage_kv(s, b, hk, n0, n);
+      if (gemm) {
+        scores_gemm(n);
+      } else {
+        scores_direct(n);
+      }
+      softmax_tile(n0, n, gemm);
+      if (gemm) {
+        pv_gemm(n);
+      } else {
+        pv_direct(n);
+      }
+    }
+    write_out(s, b, hk, i0);
+  }
+
+ private:
+  at::Tensor view(float* data, int64_t rows, int64_t cols) {
+    return at::from_blob(data, {rows, cols}, at::TensorOptions().dtype(at::kFloat));
+  }
+
+  void stage_kv(const SeqBounds& s, int b, int hk, int n0, int n) {
+    const int D = p_.head_dim;
+    const T* k = static_cast<const T*>(p_.k);
+    const T* v = static_cast<const T*>(p_.v);
+    for (int j = 0; j < n; ++j) {
+      to_float(k + k_offset(p_, s, b, n0 + j, hk), &ws_.k[size_t(j) * D], D);
+      to_float(v + v_offset(p_, s, b, n0 + j, hk), &ws_.v[size_t(j) * D], D);
+    }
+  }
+
+  void scores_gemm(int n) {
+    at::Tensor out = view(ws_.s.data(), rows_, n);
+    at::mm_out(out, view(ws_.q.data(), rows_, p_.head_dim),
+               view(ws_.k.data(), n, p_.head_dim).t());
+  }
+
+  void scores_direct(int n) {
+    const int D = p_.head_dim;
+    for (int r = 0; r < rows_; ++r) {
+      const float* qr = &ws_.q[size_t(r) * D];
+      float* sr = &ws_.s[size_t(r) * n];
+      for (int j = 0; j < n; ++j) sr[j] = dot(qr, &ws_.k[size_t(j) * D], D);
+    }
+  }
+
+  // Masks, caps and exponentiates the tile's scores in place (row stride n),
+  // updating each row's running max and sum and rescaling its accumulator.
+  void softmax_tile(int n0, int n, bool vector_exp) {
+    const int D = p_.head_dim;
+    for (int r = 0; r < rows_; ++r) {
+      float* sr = &ws_.s[size_t(r) * n];
+      const KeyRange kr = ws_.ranges[r % m_];
+      const int lo = std::clamp(kr.lo - n0, 0, n);
+      const int hi = std::clamp(kr.hi - n0, lo, n);
+      for (int j = 0; j < lo; ++j) sr[j] = kNegInf;
+      for (int j = hi; j < n; ++j) sr[j] = kNegInf;
+      if (p_.softcap > 0.f)
+        for (int j = lo; j < hi; ++j) sr[j] = apply_softcap(sr[j], p_.softcap);
+      float tile_max = kNegInf;
+      for (int j = lo; j < hi; ++j) tile_max = std::max(tile_max, sr[j]);
+      OnlineSoftmax& st = ws_.state[r];
+      const float alpha = st.rescale(tile_max);
+      if (alpha != 1.f) {
+        float* acc = &ws_.acc[size_t(r) * D];
+        for (int d = 0; d < D; ++d) acc[d] *= alpha;
+      }
+      // Rows that have seen only masked keys keep max -inf: shift by 0 so that
+      // their scores stay -inf and exponentiate to 0.
+      const float shift = st.row_max == kNegInf ? 0.f : st.row_max;
+      for (int j = 0; j < n; ++j) sr[j] -= shift;
+      if (!vector_exp)
+        for (int j = 0; j < n; ++j) sr[j] = expf(sr[j]);
+    }
+    if (vector_exp) view(ws_.s.data(), rows_, n).exp_();
+    for (int r = 0; r < rows_; ++r) {
+      const float* sr = &ws_.s[size_t(r) * n];
+      float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+      for (int j = 0; j < n; ++j) sum += sr[j];
+      ws_.state[r].add(sum);
+    }
+  }
+
+  void pv_gemm(int n) {
+    at::Tensor acc = view(ws_.acc.data(), rows_, p_.head_dim);
+    acc.addmm_(view(ws_.s.data(), rows_, n), view(ws_.v.data(), n, p_.head_dim));
+  }
+
+  void pv_direct(int n) {
+    const int D = p_.head_dim;
+    for (int r = 0; r < rows_; ++r) {
+      const float* pr = &ws_.s[size_t(r) * n];
+      float* acc = &ws_.acc[size_t(r) * D];
+      for (int j = 0; j < n; ++j) {
+        const float pj = pr[j];
+        if (pj == 0.f) continue;
+        const float* vr = &ws_.v[size_t(j) * D];
+        for (int d = 0; d < D; ++d) acc[d] += pj * vr[d];
+      }
+    }
+  }
+
+  void write_out(const SeqBounds& s, int b, int hk, int i0) {
+    const int D = p_.head_dim;
+    T* o = static_cast<T*>(p_.o);
+    for (int r = 0; r < rows_; ++r) {
+      const int i = i0 + r % m_;
+      const int h = hk * group_ + r / m_;
+      const float inv = ws_.state[r].inv_sum();
+      T* dst = o + o_offset(p_, s, b, i, h);
+      const float* acc = &ws_.acc[size_t(r) * D];
+      for (int d = 0; d < D; ++d) dst[d] = T(acc[d] * inv);
+      if (p_.lse) p_.lse[lse_offset(p_, s, b, i, h)] = ws_.state[r].lse();
+    }
+  }
+
+  const AttnParams& p_;
+  Workspace ws_;
+  int group_;
+  int m_block_;
+  int m_ = 0;
+  int rows_ = 0;
+};
 
 template <typename T>
 void attention_fwd_impl(const AttnParams& p) {
-  const int D = p.head_dim;
   const int group = p.num_heads_q / p.num_heads_k;
-  const int q_tiles = std::max(1, (p.seqlen_q + kBlockM - 1) / kBlockM);
+  // Enough query positions per item that the group's rows fill a GEMM.
+  const int m_block = std::max(1, std::min(p.seqlen_q, std::max(1, kGemmRows / group)));
+  const int q_tiles = std::max(1, (p.seqlen_q + m_block - 1) / m_block);
   const int64_t num_items = int64_t(p.batch) * p.num_heads_k * q_tiles;
-  const T* q = static_cast<const T*>(p.q);
-  const T* k = static_cast<const T*>(p.k);
-  const T* v = static_cast<const T*>(p.v);
-  T* o = static_cast<T*>(p.o);
-
   at::parallel_for(0, num_items, 1, [&](int64_t begin, int64_t end) {
-    const int max_rows = group * kBlockM;
-    std::vector<float> q_f(size_t(max_rows) * D);      // scaled queries, [rows, D]
-    std::vector<float> k_t(size_t(D) * kBlockN);       // key tile, transposed [D, N]
-    std::vector<float> v_f(size_t(kBlockN) * D);       // value tile [N, D]
-    std::vector<float> acc_o(size_t(max_rows) * D);    // unnormalised output [rows, D]
-    std::vector<float> scores(kBlockN);
-    std::vector<OnlineSoftmax> state(max_rows);
-    std::vector<KeyRange> ranges(kBlockM);
-
+    // The GEMMs below run on plain fp32 buffers; keep autograd out of them.
+    c10::InferenceMode guard;
+    AttentionTile<T> tile(p, m_block);
     for (int64_t item = begin; item < end; ++item) {
-      const int tile = int(item % q_tiles);
+      const int t = int(item % q_tiles);
       const int hk = int((item / q_tiles) % p.num_heads_k);
       const int b = int(item / (int64_t(q_tiles) * p.num_heads_k));
-      const SeqBounds s = seq_bounds(p, b);
-      const int i0 = tile * kBlockM;
-      if (i0 >= s.q_len) continue;
-      const int m = std::min(kBlockM, s.q_len - i0);
-      const int rows = group * m;  // row r: head hk*group + r/m, query i0 + r%m
-
-      for (int r = 0; r < m; ++r)
-        ranges[r] = visible_keys(i0 + r, s.q_len, s.k_len, p.causal, p.window_left,
-                                 p.window_right);
-      const KeyRange tile_keys = visible_keys_of_rows(i0, i0 + m, s.q_len, s.k_len, p.causal,
-                                                      p.window_left, p.window_right);
-
-      for (int r = 0; r < rows; ++r) {
-        const T* src = q + q_offset(p, s, b, i0 + r % m, hk * group + r / m);
-        float* dst = &q_f[size_t(r) * D];
-        for (int d = 0; d < D; ++d) dst[d] = float(src[d]) * p.softmax_scale;
-        state[r].init();
-      }
-      std::fill(acc_o.begin(), acc_o.begin() + size_t(rows) * D, 0.f);
-
-      for (int n0 = tile_keys.lo; n0 < tile_keys.hi; n0 += kBlockN) {
-        const int n = std::min(kBlockN, tile_keys.hi - n0);
-        for (int jj = 0; jj < n; ++jj) {
-          const T* ks = k + k_offset(p, s, b, n0 + jj, hk);
-          const T* vs = v + v_offset(p, s, b, n0 + jj, hk);
-          float* vd = &v_f[size_t(jj) * D];
-          for (int d = 0; d < D; ++d) {
-            k_t[size_t(d) * kBlockN + jj] = float(ks[d]);
-            vd[d] = float(vs[d]);
-          }
-        }
-        for (int r = 0; r < rows; ++r) {
-          const KeyRange kr = ranges[r % m];
-          const int lo = std::max(kr.lo - n0, 0);
-          const int hi = std::min(kr.hi - n0, n);
-          if (hi <= lo) continue;  // this row sees nothing in the tile
-          const float* qr = &q_f[size_t(r) * D];
-          // d outer, keys inner: contiguous, vectorisable without reassociation.
-          std::fill(scores.begin(), scores.begin() + n, 0.f);
-          for (int d = 0; d < D; ++d) {
-            const float qd = qr[d];
-            const float* kd = &k_t[size_t(d) * kBlockN];
-            for (int jj = 0; jj < n; ++jj) scores[jj] += qd * kd[jj];
-          }
-          float tile_max = kNegInf;
-          for (int jj = lo; jj < hi; ++jj) {
-            scores[jj] = apply_softcap(scores[jj], p.softcap);
-            tile_max = std::max(tile_max, scores[jj]);
-          }
-          OnlineSoftmax& st = state[r];
-          const float alpha = st.rescale(tile_max);
-          float* acc = &acc_o[size_t(r) * D];
-          if (alpha != 1.f)
-            for (int d = 0; d < D; ++d) acc[d] *= alpha;
-          for (int jj = lo; jj < hi; ++jj) {
-            const float pr = st.prob(scores[jj]);
-            st.add(pr);
-            const float* vr = &v_f[size_t(jj) * D];
-            for (int d = 0; d < D; ++d) acc[d] += pr * vr[d];
-          }
-        }
-      }
-
-      for (int r = 0; r < rows; ++r) {
-        const int i = i0 + r % m;
-        const int h = hk * group + r / m;
-        const float inv = state[r].inv_sum();
-        T* dst = o + o_offset(p, s, b, i, h);
-        const float* acc = &acc_o[size_t(r) * D];
-        for (int d = 0; d < D; ++d) dst[d] = T(acc[d] * inv);
-        if (p.lse) p.lse[lse_offset(p, s, b, i, h)] = state[r].lse();
-      }
+      tile.run(b, hk, t * m_block);
     }
   });
 }

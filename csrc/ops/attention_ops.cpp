@@ -174,8 +174,11 @@ void check_paged_host(const at::Tensor& block_table, const at::Tensor& seq_lens,
                       "] (block_table [B, max_pages] = [", batch, ", ", max_pages,
                       "], page_size = ", page_size, ")");
     const int64_t q_len = cu ? cu[b + 1] - cu[b] : 1;
-    TORCH_CHECK_VALUE(q_len <= len, "seq_lens: seq_lens[", b, "] = ", len, " is smaller than its ",
-                      q_len, " query token(s); seq_lens counts the new tokens too");
+    // seq_len 0 marks a padding entry (fixed-size batches, CUDA graphs): its
+    // queries see no key and get output 0, lse -inf.
+    TORCH_CHECK_VALUE(len == 0 || q_len <= len, "seq_lens: seq_lens[", b, "] = ", len,
+                      " is smaller than its ", q_len,
+                      " query token(s); seq_lens counts the new tokens too (0 marks padding)");
     const int32_t* row = block_table.data_ptr<int32_t>() + b * block_table.stride(0);
     const int64_t used = (len + page_size - 1) / page_size;
     for (int64_t j = 0; j < used; ++j)

@@ -28,7 +28,7 @@ def _check_qkv(q, k, v, q_expected: str, kv_expected: str, ndim: int):
     C.tensor("v", v, ndim, kv_expected)
     C.float_dtype("q", q)
     for name, t in (("k", k), ("v", v)):
-        C.same_device(name, t, q)
+        C.same_device(name, t, q, "q")
         C.same_dtype(name, t, q, "q")
         C.last_dim_contiguous(name, t)
     C.last_dim_contiguous("q", q)
@@ -131,7 +131,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     positions. max_seqlen_q bounds those counts (default Tq, always safe).
     k_cache, v_cache [P, page_size, Hk, D]; block_table int32 [B, max_pages];
     seq_lens int32 [B]: keys per sequence, the new tokens included (append them
-    with append_kv first). Token t of sequence b lives in page
+    with append_kv first); 0 marks a padding entry whose queries get output 0
+    and lse -inf. Token t of sequence b lives in page
     block_table[b, t // page_size] at offset t % page_size.
     """
     C.tensor("q", q, 3, "[B, Hq, D] (decode) or [Tq, Hq, D] (with cu_seqlens_q)")
@@ -139,7 +140,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     C.tensor("v_cache", v_cache, 4, "[P, page_size, Hk, D]")
     C.float_dtype("q", q)
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-        C.same_device(name, t, q)
+        C.same_device(name, t, q, "q")
         C.same_dtype(name, t, q, "q")
         C.last_dim_contiguous(name, t)
     C.last_dim_contiguous("q", q)
@@ -187,6 +188,7 @@ def append_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: 
     C.tensor("k", k, 3, "[T, Hk, D]")
     C.tensor("v", v, 3, "[T, Hk, D]")
     C.float_dtype("k_cache", k_cache)
+    C.head_dim("k_cache", k_cache)
     P, page_size, Hk, D = k_cache.shape
     C.shape("v_cache", v_cache, (P, page_size, Hk, D), "[P, page_size, Hk, D] (the shape of k_cache)")
     T = k.shape[0]
@@ -197,7 +199,8 @@ def append_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: 
         C.same_dtype(name, t, k_cache, "k_cache")
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache), ("k", k), ("v", v)):
         C.last_dim_contiguous(name, t)
-    C.index_tensor("slot_mapping", slot_mapping, torch.int64, (T,), "[T] (T = k.shape[0])", k_cache)
+    C.index_tensor("slot_mapping", slot_mapping, torch.int64, (T,), "[T] (T = k.shape[0])", k_cache,
+                   "k_cache")
     _ops.append_kv(k_cache, v_cache, k, v, slot_mapping)
 
 
@@ -209,7 +212,7 @@ def merge_attention_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torc
     with shape out.shape[:-1]. Returns (out, lse) equal to attention over the
     union of the keys. A side with lse -inf (no keys) contributes nothing.
     """
-    C.tensor_min_dims("out_a", out_a, 1, "[..., H, D]")
+    C.tensor_min_dims("out_a", out_a, 2, "[..., H, D]")
     C.float_dtype("out_a", out_a)
     C.last_dim_contiguous("out_a", out_a)
     C.tensor("out_b", out_b, out_a.dim(), "[..., H, D] (the shape of out_a)")
@@ -217,8 +220,7 @@ def merge_attention_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torc
     C.same_device("out_b", out_b, out_a, "out_a")
     C.same_dtype("out_b", out_b, out_a, "out_a")
     C.last_dim_contiguous("out_b", out_b)
-    if out_a.shape[-1] < 1:
-        raise ValueError(f"out_a: head dim must be >= 1, got shape {C.shape_str(out_a)}")
+    C.head_dim("out_a", out_a)
     lse_shape = tuple(out_a.shape[:-1])
     for name, t in (("lse_a", lse_a), ("lse_b", lse_b)):
         C.tensor(name, t, len(lse_shape), "out_a.shape[:-1]")

@@ -16,6 +16,8 @@ CPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 CUDA_DTYPES = (torch.float16, torch.bfloat16)
 CPU_MAX_HEAD_DIM = 512
 CUDA_MAX_HEAD_DIM = 256
+FLOAT32_MAX = 3.4028234663852886e38
+INT32_MAX = 2**31 - 1
 
 
 def shape_str(t: torch.Tensor) -> str:
@@ -46,7 +48,7 @@ def shape(name: str, t: torch.Tensor, want: Sequence[int], expected: str) -> Non
         raise ValueError(f"{name}: expected shape {expected} = {want_s}, got {got}")
 
 
-def same_device(name: str, t: torch.Tensor, ref: torch.Tensor, ref_name: str = "q") -> None:
+def same_device(name: str, t: torch.Tensor, ref: torch.Tensor, ref_name: str) -> None:
     if t.device != ref.device:
         raise ValueError(f"{name}: expected device {ref.device} (the device of {ref_name}), got {t.device}")
 
@@ -85,15 +87,15 @@ def head_dim(name: str, t: torch.Tensor) -> None:
 
 
 def index_tensor(name: str, t, dtype: torch.dtype, want: Sequence[int], expected: str,
-                 ref: torch.Tensor) -> None:
-    """An index tensor: exact shape, exact integer dtype, q's device, contiguous rows."""
+                 ref: torch.Tensor, ref_name: str = "q") -> None:
+    """An index tensor: exact shape, exact integer dtype, ref's device, contiguous rows."""
     tensor(name, t, len(want), expected)
     if t.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {str(dtype).replace('torch.', '')} with shape {expected}, "
                         f"got {str(t.dtype).replace('torch.', '')}")
     shape(name, t, want, expected)
-    same_device(name, t, ref)
-    if t.numel() > 0 and t.stride(-1) != 1:
+    same_device(name, t, ref, ref_name)
+    if t.shape[-1] > 1 and t.stride(-1) != 1:
         raise ValueError(f"{name}: the last dimension must be contiguous (stride 1), got strides {tuple(t.stride())}")
 
 
@@ -108,8 +110,10 @@ def softmax_scale(scale: Optional[float], d: int) -> float:
         return 1.0 / math.sqrt(d)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"softmax_scale: expected a float or None, got {type(scale).__name__}")
-    if not math.isfinite(scale):
-        raise ValueError(f"softmax_scale: expected a finite float, got {scale}")
+    # A comparison, not math.isfinite: it also traces when torch.compile makes the
+    # value symbolic, and it rejects what would overflow the kernels' fp32.
+    if not abs(scale) <= FLOAT32_MAX:
+        raise ValueError(f"softmax_scale: expected a finite float32 value, got {scale}")
     return float(scale)
 
 
@@ -120,22 +124,23 @@ def window(window_size) -> tuple[int, int]:
     left, right = window_size
     if left < -1 or right < -1:
         raise ValueError(f"window_size: entries must be >= 0, or -1 for unbounded, got {tuple(window_size)}")
-    return int(left), int(right)
+    # A window wider than any sequence is unbounded; clamping keeps it an int64.
+    return min(left, INT32_MAX), min(right, INT32_MAX)
 
 
 def softcap(value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"softcap: expected a float, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"softcap: expected a finite float >= 0 (0 disables it), got {value}")
+    if not (0 <= value <= FLOAT32_MAX):
+        raise ValueError(f"softcap: expected a finite float32 value >= 0 (0 disables it), got {value}")
     return float(value)
 
 
 def non_negative_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
         raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name}: expected an int >= 0, got {value}")
+    if value < 0 or value > INT32_MAX:
+        raise ValueError(f"{name}: expected an int in [0, 2**31 - 1], got {value}")
     return value
 
 

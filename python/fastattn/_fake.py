@@ -31,3 +31,18 @@ def _append_kv_fake(k_cache, v_cache, k, v, slot_mapping):
 @torch.library.register_fake("fastattn::merge_attention_states")
 def _merge_fake(out_a, lse_a, out_b, lse_b):
     return out_a.new_empty(out_a.shape), lse_a.new_empty(lse_a.shape)
+
+
+# fastattn is forward-only (inference). Without an autograd formula, outputs of
+# inputs that require grad would silently get no gradient; raise instead.
+def _no_backward(op_name: str):
+    def backward(ctx, *grads):
+        raise NotImplementedError(
+            f"fastattn::{op_name} has no backward: fastattn is an inference library. Run it under "
+            "torch.no_grad() or torch.inference_mode(), or detach the inputs.")
+    return backward
+
+
+for _name in ("attention", "attention_varlen", "paged_attention", "merge_attention_states"):
+    torch.library.register_autograd(f"fastattn::{_name}", _no_backward(_name),
+                                    setup_context=lambda ctx, inputs, output: None)
