@@ -11,7 +11,7 @@
 //
 // Two inner paths share the staging and the softmax bookkeeping:
 //  - many rows (prefill, extend, cross): Q.K^T and P.V are GEMMs on the fp32
-//    tiles through ATen (the BLAS torch links), exp is ATen's vectorised exp;
+//    tiles through ATen (the BLAS torch links);
 //  - few rows (decode): direct loops, since the data moved dominates and a
 //    GEMM call per tile would cost more than it computes.
 //
@@ -22,11 +22,12 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
-#include <bit>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/cpu_kernels.h"
+#include "cpu/vec.h"
 #include "fastattn/mask.h"
 #include "fastattn/softmax.h"
 
@@ -34,26 +35,24 @@ namespace fastattn::cpu {
 namespace {
 
 constexpr int kBlockN = 256;      // keys per tile
-constexpr int kGemmRows = 128;    // target rows (query positions x group heads) per item
+constexpr int kGemmRows = 256;    // target rows (query positions x group heads) per item
 constexpr int kMinGemmRows = 16;  // below this, direct loops beat a GEMM call
+constexpr int kPrefetch = 16;     // keys staged ahead of use
 
-// fp32 copies of a row; written as plain loops so they vectorise.
+inline void prefetch(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off);
+}
+
+// fp32 copies of a row.
 inline void to_float(const float* src, float* dst, int n) { std::memcpy(dst, src, n * sizeof(float)); }
 
 inline void to_float(const c10::BFloat16* src, float* dst, int n) {
-  const uint16_t* bits = reinterpret_cast<const uint16_t*>(src);
-  for (int i = 0; i < n; ++i) dst[i] = std::bit_cast<float>(uint32_t(bits[i]) << 16);
+  vec::bf16_to_f32(reinterpret_cast<const uint16_t*>(src), dst, n);
 }
 
 inline void to_float(const c10::Half* src, float* dst, int n) {
-  for (int i = 0; i < n; ++i) dst[i] = float(src[i]);
-}
-
-inline float dot(const float* a, const float* b, int n) {
-  float s = 0.f;
-#pragma omp simd reduction(+ : s)
-  for (int i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
+  vec::f16_to_f32(reinterpret_cast<const uint16_t*>(src), dst, n);
 }
 
 struct Workspace {
@@ -98,7 +97,7 @@ class AttentionTile {
     for (int r = 0; r < rows_; ++r) {
       float* dst = &ws_.q[size_t(r) * D];
       to_float(q + q_offset(p_, s, b, i0 + r % m_, hk * group_ + r / m_), dst, D);
-      for (int d = 0; d < D; ++d) dst[d] *= p_.softmax_scale;
+      vec::scale(dst, p_.softmax_scale, D);
       ws_.state[r].init();
     }
     std::fill_n(ws_.acc.begin(), size_t(rows_) * D, 0.f);
@@ -112,7 +111,7 @@ class AttentionTile {
       } else {
         scores_direct(n);
       }
-      softmax_tile(n0, n, gemm);
+      softmax_tile(n0, n);
       if (gemm) {
         pv_gemm(n);
       } else {
@@ -123,15 +122,46 @@ class AttentionTile {
   }
 
  private:
-  at::Tensor view(float* data, int64_t rows, int64_t cols) {
-    return at::from_blob(data, {rows, cols}, at::TensorOptions().dtype(at::kFloat));
+  static at::Tensor view(const float* data, int64_t rows, int64_t cols, int64_t ld) {
+    return at::from_blob(const_cast<float*>(data), {rows, cols}, {ld, 1},
+                         at::TensorOptions().dtype(at::kFloat));
+  }
+  static at::Tensor view(float* data, int64_t rows, int64_t cols) {
+    return view(data, rows, cols, cols);
   }
 
+  // Points k_tile_/v_tile_ at fp32 [n, D] rows with leading dimensions k_ld_/v_ld_:
+  // fp32 dense keys are used where they lie; anything else (paged, fp16, bf16) is
+  // converted into the workspace.
   void stage_kv(const SeqBounds& s, int b, int hk, int n0, int n) {
     const int D = p_.head_dim;
     const T* k = static_cast<const T*>(p_.k);
     const T* v = static_cast<const T*>(p_.v);
+    if constexpr (std::is_same_v<T, float>) {
+      if (!p_.block_table) {
+        k_tile_ = k + k_offset(p_, s, b, n0, hk);
+        v_tile_ = v + v_offset(p_, s, b, n0, hk);
+        k_ld_ = p_.k_row_stride;
+        v_ld_ = p_.v_row_stride;
+        return;
+      }
+    }
+    k_tile_ = ws_.k.data();
+    v_tile_ = ws_.v.data();
+    k_ld_ = v_ld_ = D;
+    // Paged rows of one head sit a whole token apart (often beyond the 4 KiB the
+    // hardware prefetchers follow), so each row would pay a DRAM latency:
+    // request rows kPrefetch keys ahead.
+    const int64_t row_bytes = int64_t(D) * sizeof(T);
+    for (int j = 0; j < std::min(n, kPrefetch); ++j) {
+      prefetch(k + k_offset(p_, s, b, n0 + j, hk), row_bytes);
+      prefetch(v + v_offset(p_, s, b, n0 + j, hk), row_bytes);
+    }
     for (int j = 0; j < n; ++j) {
+      if (j + kPrefetch < n) {
+        prefetch(k + k_offset(p_, s, b, n0 + j + kPrefetch, hk), row_bytes);
+        prefetch(v + v_offset(p_, s, b, n0 + j + kPrefetch, hk), row_bytes);
+      }
       to_float(k + k_offset(p_, s, b, n0 + j, hk), &ws_.k[size_t(j) * D], D);
       to_float(v + v_offset(p_, s, b, n0 + j, hk), &ws_.v[size_t(j) * D], D);
     }
@@ -140,73 +170,40 @@ class AttentionTile {
   void scores_gemm(int n) {
     at::Tensor out = view(ws_.s.data(), rows_, n);
     at::mm_out(out, view(ws_.q.data(), rows_, p_.head_dim),
-               view(ws_.k.data(), n, p_.head_dim).t());
+               view(k_tile_, n, p_.head_dim, k_ld_).t());
   }
 
   void scores_direct(int n) {
-    const int D = p_.head_dim;
-    for (int r = 0; r < rows_; ++r) {
-      const float* qr = &ws_.q[size_t(r) * D];
-      float* sr = &ws_.s[size_t(r) * n];
-      for (int j = 0; j < n; ++j) sr[j] = dot(qr, &ws_.k[size_t(j) * D], D);
-    }
+    vec::qk_rows(ws_.q.data(), rows_, k_tile_, k_ld_, n, p_.head_dim, ws_.s.data());
   }
 
   // Masks, caps and exponentiates the tile's scores in place (row stride n),
   // updating each row's running max and sum and rescaling its accumulator.
-  void softmax_tile(int n0, int n, bool vector_exp) {
+  void softmax_tile(int n0, int n) {
     const int D = p_.head_dim;
     for (int r = 0; r < rows_; ++r) {
       float* sr = &ws_.s[size_t(r) * n];
       const KeyRange kr = ws_.ranges[r % m_];
       const int lo = std::clamp(kr.lo - n0, 0, n);
       const int hi = std::clamp(kr.hi - n0, lo, n);
-      for (int j = 0; j < lo; ++j) sr[j] = kNegInf;
-      for (int j = hi; j < n; ++j) sr[j] = kNegInf;
       if (p_.softcap > 0.f)
         for (int j = lo; j < hi; ++j) sr[j] = apply_softcap(sr[j], p_.softcap);
-      float tile_max = kNegInf;
-      for (int j = lo; j < hi; ++j) tile_max = std::max(tile_max, sr[j]);
       OnlineSoftmax& st = ws_.state[r];
-      const float alpha = st.rescale(tile_max);
-      if (alpha != 1.f) {
-        float* acc = &ws_.acc[size_t(r) * D];
-        for (int d = 0; d < D; ++d) acc[d] *= alpha;
-      }
+      const float alpha = st.rescale(vec::mask_max(sr, n, lo, hi));
+      if (alpha != 1.f) vec::scale(&ws_.acc[size_t(r) * D], alpha, D);
       // Rows that have seen only masked keys keep max -inf: shift by 0 so that
       // their scores stay -inf and exponentiate to 0.
-      const float shift = st.row_max == kNegInf ? 0.f : st.row_max;
-      for (int j = 0; j < n; ++j) sr[j] -= shift;
-      if (!vector_exp)
-        for (int j = 0; j < n; ++j) sr[j] = expf(sr[j]);
-    }
-    if (vector_exp) view(ws_.s.data(), rows_, n).exp_();
-    for (int r = 0; r < rows_; ++r) {
-      const float* sr = &ws_.s[size_t(r) * n];
-      float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-      for (int j = 0; j < n; ++j) sum += sr[j];
-      ws_.state[r].add(sum);
+      st.add(vec::exp_sum(sr, st.row_max == kNegInf ? 0.f : st.row_max, n));
     }
   }
 
   void pv_gemm(int n) {
     at::Tensor acc = view(ws_.acc.data(), rows_, p_.head_dim);
-    acc.addmm_(view(ws_.s.data(), rows_, n), view(ws_.v.data(), n, p_.head_dim));
+    acc.addmm_(view(ws_.s.data(), rows_, n), view(v_tile_, n, p_.head_dim, v_ld_));
   }
 
   void pv_direct(int n) {
-    const int D = p_.head_dim;
-    for (int r = 0; r < rows_; ++r) {
-      const float* pr = &ws_.s[size_t(r) * n];
-      float* acc = &ws_.acc[size_t(r) * D];
-      for (int j = 0; j < n; ++j) {
-        const float pj = pr[j];
-        if (pj == 0.f) continue;
-        const float* vr = &ws_.v[size_t(j) * D];
-        for (int d = 0; d < D; ++d) acc[d] += pj * vr[d];
-      }
-    }
+    vec::pv_rows(ws_.s.data(), rows_, n, v_tile_, v_ld_, p_.head_dim, ws_.acc.data());
   }
 
   void write_out(const SeqBounds& s, int b, int hk, int i0) {
@@ -225,6 +222,10 @@ class AttentionTile {
 
   const AttnParams& p_;
   Workspace ws_;
+  const float* k_tile_ = nullptr;
+  const float* v_tile_ = nullptr;
+  int64_t k_ld_ = 0;
+  int64_t v_ld_ = 0;
   int group_;
   int m_block_;
   int m_ = 0;
