@@ -1,0 +1,43 @@
+# Quick start: `make demo` (the main job) and `make test` (the parity suite).
+# Both work from nothing on a fresh clone: they create .venv, install torch and
+# the build tools, build the extension in place, then run. Re-runs are quick:
+# each step reruns only when its inputs changed.
+
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+TORCH  ?= torch==2.14.1
+DEPS   := $(VENV)/.deps-installed
+BUILT  := build/.editable-built
+SOURCES := $(shell find csrc cmake python -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.cmake' -o -name '*.py' \) 2>/dev/null) CMakeLists.txt pyproject.toml
+
+.PHONY: all build test demo wheel clean
+
+all: build
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+
+$(DEPS): $(VPY)
+	$(VPY) -m pip install -q '$(TORCH)' 'cmake>=3.26' ninja 'pybind11>=2.12' 'scikit-build-core>=0.10' pytest numpy
+	touch $@
+
+# Editable install: Python sources are used in place; C++/CUDA changes need
+# this step again (ninja rebuilds only what changed).
+$(BUILT): $(DEPS) $(SOURCES)
+	$(VPY) -m pip install -q --no-build-isolation -e .
+	@mkdir -p build && touch $@
+
+build: $(BUILT)
+
+test: $(BUILT)
+	$(VPY) -m pytest -q
+
+demo: $(BUILT)
+	$(VPY) -m fastattn.demo
+
+wheel: $(DEPS)
+	$(VPY) -m pip wheel --no-build-isolation --no-deps -w dist .
+
+clean:
+	rm -rf build dist
