@@ -16,7 +16,7 @@ from ._api import (
     paged_attention,
     self_attention,
 )
-from .cache import PagedKVCache
+from .cache import OutOfPagesError, PagedBatch, PagedKVCache
 
 __version__ = _C.build_info()["version"]
 
@@ -35,6 +35,8 @@ __all__ = [
     "append_kv",
     "merge_attention_states",
     "PagedKVCache",
+    "PagedBatch",
+    "OutOfPagesError",
     "build_info",
     "__version__",
 ]
