@@ -1,0 +1,157 @@
+"""The benchmark CLI (`python -m fastattn.bench`) at tiny shapes: every suite runs, every peer
+that runs agrees with fastattn, and the JSON report has its fields. No assertion on speed."""
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+
+from fastattn import _bench_peers as peers
+from fastattn import bench
+
+# Tiny shapes for every suite (kv-heads 1: GQA everywhere; page 8 with lengths that end
+# mid-page), and just enough timing to produce numbers.
+TINY = ["--quick", "--batch", "2", "--heads", "2", "--kv-heads", "1", "--head-dim", "32",
+        "--seqlen", "48", "--seqlen-k", "80", "--context", "40", "--tokens", "24",
+        "--page-size", "8", "--warmup", "1", "--repeats", "2", "--min-time", "0"]
+
+
+def run_bench(tmp_path, *args):
+    path = tmp_path / "bench.json"
+    assert bench.main([*args, *TINY, "--device", "cpu", "--json", str(path)]) == 0
+    return json.loads(path.read_text())
+
+
+def positive(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_all_suites_report(tmp_path, capsys):
+    doc = run_bench(tmp_path)
+    out = capsys.readouterr().out
+    assert "fastattn x" in out and "% peak" in out
+
+    machine = doc["machine"]
+    for key in ("date", "command", "platform", "cpu_model", "torch_version", "cuda_device",
+                "fastattn_build_info", "git_commit"):
+        assert key in machine
+    assert machine["command"].endswith(" ".join(["-m", "fastattn.bench", *TINY, "--device", "cpu",
+                                                 "--json", str(tmp_path / "bench.json")]))
+    assert doc["settings"]["device"] == "cpu" and doc["settings"]["dtypes"] == ["float32"]
+    assert positive(doc["peaks"]["matmul_tflops"]["float32"]) and positive(doc["peaks"]["copy_gbps"])
+
+    assert [c["suite"] for c in doc["cases"]] == list(bench.SUITES)
+    for case in doc["cases"]:
+        results = case["results"]
+        assert results and results[0]["impl"] == "fastattn", case
+        assert positive(case["work"])
+        assert case["work_unit"] == ("flop" if case["suite"] in bench.FLOP_SUITES else "byte")
+        # SDPA math runs on every CPU; append's peer is index_copy_.
+        assert len(results) >= 2, case["skipped"]
+        for r in results:
+            assert positive(r["time_ms"]) and positive(r["throughput"]) and positive(r["pct_of_peak"])
+            assert len(r["times_ms"]) >= 2
+            assert r["throughput_unit"] == ("TFLOP/s" if case["work_unit"] == "flop" else "GB/s")
+        assert results[0]["ratio"] is None and results[0]["agrees"] is None
+        assert case["ratios"] and all(positive(x) for x in case["ratios"].values())
+        for r in results[1:]:
+            assert r["agrees"] is True, (case["suite"], r["impl"], r["max_abs_diff"])
+            assert r["ratio"] == case["ratios"][r["impl"]]
+            assert math.isclose(r["ratio"], r["time_ms"] / results[0]["time_ms"])
+        if case["suite"] in ("decode", "extend"):
+            assert any(r["impl"].startswith("gather+") and positive(r["gather_ms"]) for r in results)
+
+
+def test_several_dtypes_and_suite_selection(tmp_path):
+    doc = run_bench(tmp_path, "decode", "append", "--dtype", "bfloat16", "float16")
+    assert [(c["suite"], c["dtype"]) for c in doc["cases"]] == [
+        ("decode", "bfloat16"), ("decode", "float16"), ("append", "bfloat16"), ("append", "float16")]
+    for case in doc["cases"]:
+        assert all(positive(x) for x in case["ratios"].values())
+        assert all(r["agrees"] is not False for r in case["results"])
+
+
+@pytest.mark.parametrize("sq,sk", [(1, 1), (5, 5), (3, 9), (9, 3), (16, 16), (7, 20)])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("window", [(-1, -1), (0, 0), (2, -1), (-1, 3), (4, 1)])
+def test_visible_pairs_matches_brute_force(sq, sk, causal, window):
+    left, right = window
+    expected = 0
+    for i, j in itertools.product(range(sq), range(sk)):
+        diag = i + sk - sq
+        visible = (not causal or j <= diag) and (left < 0 or j >= diag - left) \
+            and (right < 0 or j <= diag + right)
+        expected += visible
+    assert bench.visible_pairs(sq, sk, causal, window) == expected
+
+
+def test_flop_count_causal_is_about_half():
+    full = bench.visible_pairs(2048, 2048, causal=False)
+    assert full == 2048 * 2048
+    assert bench.visible_pairs(2048, 2048, causal=True) == 2048 * 2049 // 2
+
+
+def test_spread_lengths():
+    lens = bench.spread(1024, 8)
+    assert sorted(lens) == [256, 366, 475, 585, 695, 805, 914, 1024]
+    assert lens == bench.spread(1024, 8)  # deterministic
+    assert bench.spread(10, 1) == [10]
+
+
+def test_compare_flags_a_different_computation():
+    a = torch.randn(4, 8)
+    assert bench.compare(a, a + 1e-4, torch.float32) == (pytest.approx(1e-4, rel=0.1), True)
+    diff, agrees = bench.compare(a, a + 0.5, torch.float32)
+    assert not agrees and diff == pytest.approx(0.5)
+    assert bench.compare((a, a), (a,), torch.float32) == (math.inf, False)
+
+
+def test_cli_errors():
+    with pytest.raises(SystemExit):
+        bench.main(["nosuchsuite", "--quick"])
+    with pytest.raises(SystemExit, match="multiple of --kv-heads"):
+        bench.main(["prefill", "--quick", "--heads", "6", "--kv-heads", "4"])
+
+
+def test_plot_without_matplotlib_fails_early(tmp_path, monkeypatch):
+    """--plot must fail before any timing, with a message naming the extra to install."""
+    import builtins
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    monkeypatch.setattr(bench, "measure_peaks", lambda *a: pytest.fail("timed before failing"))
+    with pytest.raises(SystemExit, match=r"fastattn\[bench\]"):
+        bench.main(["--quick", "--plot", str(tmp_path / "x.png")])
+
+
+def test_plot_writes_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "ratios.png"
+    assert bench.main(["append", *TINY, "--device", "cpu", "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_disagreeing_peer_is_flagged_and_failing_peer_skipped(tmp_path, monkeypatch, capsys):
+    """A peer computing something else is timed but flagged; one that raises is skipped."""
+    real_index_copy = peers.index_copy_append
+
+    def bad_peers(k_cache, v_cache, k, v, slot_mapping):
+        wrong = real_index_copy(k_cache, v_cache, k * 2, v, slot_mapping)
+        broken = peers.Impl("broken", run=lambda: 1 / 0)
+        return wrong + [broken]
+
+    monkeypatch.setattr(peers, "index_copy_append", bad_peers)
+    doc = run_bench(tmp_path, "append")
+    captured = capsys.readouterr()
+    (case,) = doc["cases"]
+    assert [r["impl"] for r in case["results"]] == ["fastattn", "index_copy_"]
+    assert case["results"][1]["agrees"] is False
+    assert "index_copy_ disagrees with fastattn" in captured.err
+    assert any(note.startswith("broken: cannot run here: ZeroDivisionError") for note in case["skipped"])
