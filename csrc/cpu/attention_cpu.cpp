@@ -34,7 +34,9 @@
 namespace fastattn::cpu {
 namespace {
 
-constexpr int kBlockN = 256;      // keys per tile
+constexpr int kBlockN = 1024;     // keys per tile that every row of the item sees
+constexpr int kDirectBlockN = 256;  // keys per tile on the few-rows path
+constexpr int kSubBlockN = 64;    // keys per sub-tile where rows see different keys
 constexpr int kGemmRows = 256;    // target rows (query positions x group heads) per item
 constexpr int kMinGemmRows = 16;  // below this, direct loops beat a GEMM call
 constexpr int kPrefetch = 16;     // keys staged ahead of use
@@ -81,47 +83,77 @@ class AttentionTile {
     ws_.ranges.resize(m_block);
   }
 
-  // Rows r = g * m + (i - i0): query position i of head hk * group + g.
+  // Rows are position-major, r = (i - i0) * group + g: query position i of head
+  // hk * group + g. The rows that see any key of a tile then form one
+  // contiguous range (visible ranges are monotone in i), which is all a tile
+  // computes on.
   void run(int b, int hk, int i0) {
     const SeqBounds s = seq_bounds(p_, b);
     if (i0 >= s.q_len) return;
     const int D = p_.head_dim;
     m_ = std::min(m_block_, s.q_len - i0);
     rows_ = group_ * m_;
-    for (int r = 0; r < m_; ++r)
-      ws_.ranges[r] = visible_keys(i0 + r, s.q_len, s.k_len, p_.causal, p_.window_left,
+    for (int i = 0; i < m_; ++i)
+      ws_.ranges[i] = visible_keys(i0 + i, s.q_len, s.k_len, p_.causal, p_.window_left,
                                    p_.window_right);
     const KeyRange keys = visible_keys_of_rows(i0, i0 + m_, s.q_len, s.k_len, p_.causal,
                                                p_.window_left, p_.window_right);
     const T* q = static_cast<const T*>(p_.q);
     for (int r = 0; r < rows_; ++r) {
       float* dst = &ws_.q[size_t(r) * D];
-      to_float(q + q_offset(p_, s, b, i0 + r % m_, hk * group_ + r / m_), dst, D);
+      to_float(q + q_offset(p_, s, b, i0 + r / group_, hk * group_ + r % group_), dst, D);
       vec::scale(dst, p_.softmax_scale, D);
       ws_.state[r].init();
     }
     std::fill_n(ws_.acc.begin(), size_t(rows_) * D, 0.f);
 
-    const bool gemm = rows_ >= kMinGemmRows;
-    for (int n0 = keys.lo; n0 < keys.hi; n0 += kBlockN) {
-      const int n = std::min(kBlockN, keys.hi - n0);
-      stage_kv(s, b, hk, n0, n);
-      if (gemm) {
-        scores_gemm(n);
-      } else {
-        scores_direct(n);
-      }
-      softmax_tile(n0, n);
-      if (gemm) {
-        pv_gemm(n);
-      } else {
-        pv_direct(n);
-      }
-    }
+    // Keys every row sees run in large tiles (fewer, larger GEMMs); the keys
+    // near the causal diagonal or a window edge, which rows see differently,
+    // run in sub-tiles on just the rows that see them, so masked corners are
+    // mostly not computed.
+    int full_lo = std::max(keys.lo, ws_.ranges[m_ - 1].lo);
+    int full_hi = std::min(keys.hi, ws_.ranges[0].hi);
+    if (full_hi <= full_lo) full_lo = full_hi = keys.lo;
+    partial_tiles(s, b, hk, keys.lo, full_lo);
+    // Direct (decode) tiles stay small enough that the staged K and V stay in L2.
+    const int block = rows_ >= kMinGemmRows ? kBlockN : kDirectBlockN;
+    for (int n0 = full_lo; n0 < full_hi; n0 += block)
+      tile(s, b, hk, n0, std::min(block, full_hi - n0), 0, rows_);
+    partial_tiles(s, b, hk, full_hi, keys.hi);
     write_out(s, b, hk, i0);
   }
 
  private:
+  void partial_tiles(const SeqBounds& s, int b, int hk, int begin, int end) {
+    for (int a = begin; a < end; a += kSubBlockN) {
+      const int na = std::min(kSubBlockN, end - a);
+      int first = 0;
+      while (first < m_ && ws_.ranges[first].hi <= a) ++first;
+      int last = m_;
+      while (last > first && ws_.ranges[last - 1].lo >= a + na) --last;
+      if (first < last) tile(s, b, hk, a, na, first * group_, (last - first) * group_);
+    }
+  }
+
+  // Keys [n0, n0 + n) against rows [r0, r0 + nr).
+  void tile(const SeqBounds& s, int b, int hk, int n0, int n, int r0, int nr) {
+    stage_kv(s, b, hk, n0, n);
+    const int D = p_.head_dim;
+    const float* q = &ws_.q[size_t(r0) * D];
+    float* acc = &ws_.acc[size_t(r0) * D];
+    float* sc = ws_.s.data();
+    if (nr >= kMinGemmRows) {
+      at::Tensor scores = view(sc, nr, n);
+      at::mm_out(scores, view(q, nr, D, D), view(k_tile_, n, D, k_ld_).t());
+      softmax_tile(n0, n, r0, nr);
+      view(acc, nr, D).addmm_(scores, view(v_tile_, n, D, v_ld_));
+    } else {
+      vec::qk_rows(q, nr, k_tile_, k_ld_, n, D, sc, n);
+      softmax_tile(n0, n, r0, nr);
+      vec::pv_rows(sc, n, nr, n, v_tile_, v_ld_, D, acc);
+    }
+  }
+
   static at::Tensor view(const float* data, int64_t rows, int64_t cols, int64_t ld) {
     return at::from_blob(const_cast<float*>(data), {rows, cols}, {ld, 1},
                          at::TensorOptions().dtype(at::kFloat));
@@ -167,23 +199,13 @@ class AttentionTile {
     }
   }
 
-  void scores_gemm(int n) {
-    at::Tensor out = view(ws_.s.data(), rows_, n);
-    at::mm_out(out, view(ws_.q.data(), rows_, p_.head_dim),
-               view(k_tile_, n, p_.head_dim, k_ld_).t());
-  }
-
-  void scores_direct(int n) {
-    vec::qk_rows(ws_.q.data(), rows_, k_tile_, k_ld_, n, p_.head_dim, ws_.s.data());
-  }
-
   // Masks, caps and exponentiates the tile's scores in place (row stride n),
   // updating each row's running max and sum and rescaling its accumulator.
-  void softmax_tile(int n0, int n) {
+  void softmax_tile(int n0, int n, int r0, int nr) {
     const int D = p_.head_dim;
-    for (int r = 0; r < rows_; ++r) {
-      float* sr = &ws_.s[size_t(r) * n];
-      const KeyRange kr = ws_.ranges[r % m_];
+    for (int r = r0; r < r0 + nr; ++r) {
+      float* sr = &ws_.s[size_t(r - r0) * n];
+      const KeyRange kr = ws_.ranges[r / group_];
       const int lo = std::clamp(kr.lo - n0, 0, n);
       const int hi = std::clamp(kr.hi - n0, lo, n);
       if (p_.softcap > 0.f)
@@ -197,21 +219,12 @@ class AttentionTile {
     }
   }
 
-  void pv_gemm(int n) {
-    at::Tensor acc = view(ws_.acc.data(), rows_, p_.head_dim);
-    acc.addmm_(view(ws_.s.data(), rows_, n), view(v_tile_, n, p_.head_dim, v_ld_));
-  }
-
-  void pv_direct(int n) {
-    vec::pv_rows(ws_.s.data(), rows_, n, v_tile_, v_ld_, p_.head_dim, ws_.acc.data());
-  }
-
   void write_out(const SeqBounds& s, int b, int hk, int i0) {
     const int D = p_.head_dim;
     T* o = static_cast<T*>(p_.o);
     for (int r = 0; r < rows_; ++r) {
-      const int i = i0 + r % m_;
-      const int h = hk * group_ + r / m_;
+      const int i = i0 + r / group_;
+      const int h = hk * group_ + r % group_;
       const float inv = ws_.state[r].inv_sum();
       T* dst = o + o_offset(p_, s, b, i, h);
       const float* acc = &ws_.acc[size_t(r) * D];

@@ -62,7 +62,8 @@ FA_AVX512 inline __mmask16 tail_mask(int remaining) {
 }
 
 template <int R>
-FA_AVX512 void qk_avx512(const float* q, const float* k, int64_t ldk, int n, int D, float* s) {
+FA_AVX512 void qk_avx512(const float* q, const float* k, int64_t ldk, int n, int D, float* s,
+                         int64_t lds) {
   for (int j = 0; j < n; ++j) {
     const float* kj = k + j * ldk;
     __m512 acc[R];
@@ -73,19 +74,21 @@ FA_AVX512 void qk_avx512(const float* q, const float* k, int64_t ldk, int n, int
       for (int r = 0; r < R; ++r)
         acc[r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + r * D + d0), kv, acc[r]);
     }
-    for (int r = 0; r < R; ++r) s[r * n + j] = _mm512_reduce_add_ps(acc[r]);
+    for (int r = 0; r < R; ++r) s[r * lds + j] = _mm512_reduce_add_ps(acc[r]);
   }
 }
 
 template <int R>
-FA_AVX512 void pv_avx512(const float* p, int n, const float* v, int64_t ldv, int D, float* out) {
+FA_AVX512 void pv_avx512(const float* p, int64_t ldp, int n, const float* v, int64_t ldv, int D,
+                         float* out) {
   for (int d0 = 0; d0 < D; d0 += 16) {
     const __mmask16 m = tail_mask(D - d0);
     __m512 acc[R];
     for (int r = 0; r < R; ++r) acc[r] = _mm512_maskz_loadu_ps(m, out + r * D + d0);
     for (int j = 0; j < n; ++j) {
       const __m512 vj = _mm512_maskz_loadu_ps(m, v + j * ldv + d0);
-      for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(p[r * n + j]), vj, acc[r]);
+      for (int r = 0; r < R; ++r)
+        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(p[r * ldp + j]), vj, acc[r]);
     }
     for (int r = 0; r < R; ++r) _mm512_mask_storeu_ps(out + r * D + d0, m, acc[r]);
   }
@@ -127,49 +130,51 @@ const bool kHasAvx512 = false;
 
 #if defined(__x86_64__) && defined(__GNUC__)
 FA_AVX512 static void qk_rows_avx512(const float* q, int rows, const float* k, int64_t ldk, int n,
-                                     int D, float* s) {
+                                     int D, float* s, int64_t lds) {
   by_row_blocks(rows, [&](auto R, int r0) {
-    qk_avx512<decltype(R)::value>(q + r0 * D, k, ldk, n, D, s + r0 * n);
+    qk_avx512<decltype(R)::value>(q + r0 * D, k, ldk, n, D, s + r0 * lds, lds);
   });
 }
 
-FA_AVX512 static void pv_rows_avx512(const float* p, int rows, int n, const float* v,
+FA_AVX512 static void pv_rows_avx512(const float* p, int64_t ldp, int rows, int n, const float* v,
                                      int64_t ldv, int D, float* acc) {
   by_row_blocks(rows, [&](auto R, int r0) {
-    pv_avx512<decltype(R)::value>(p + r0 * n, n, v, ldv, D, acc + r0 * D);
+    pv_avx512<decltype(R)::value>(p + r0 * ldp, ldp, n, v, ldv, D, acc + r0 * D);
   });
 }
 #endif
 
 FA_MULTIVERSION static void qk_rows_generic(const float* q, int rows, const float* k, int64_t ldk,
-                                            int n, int D, float* s) {
+                                            int n, int D, float* s, int64_t lds) {
   for (int j = 0; j < n; ++j)
-    for (int r = 0; r < rows; ++r) s[r * n + j] = dot_inline(q + r * D, k + j * ldk, D);
+    for (int r = 0; r < rows; ++r) s[r * lds + j] = dot_inline(q + r * D, k + j * ldk, D);
 }
 
-FA_MULTIVERSION static void pv_rows_generic(const float* p, int rows, int n, const float* v,
-                                            int64_t ldv, int D, float* acc) {
+FA_MULTIVERSION static void pv_rows_generic(const float* p, int64_t ldp, int rows, int n,
+                                            const float* v, int64_t ldv, int D, float* acc) {
   for (int j = 0; j < n; ++j)
     for (int r = 0; r < rows; ++r) {
-      const float pj = p[r * n + j];
+      const float pj = p[r * ldp + j];
       const float* vj = v + j * ldv;
       float* a = acc + r * D;
       for (int d = 0; d < D; ++d) a[d] += pj * vj[d];
     }
 }
 
-void qk_rows(const float* q, int rows, const float* k, int64_t ldk, int n, int D, float* s) {
+void qk_rows(const float* q, int rows, const float* k, int64_t ldk, int n, int D, float* s,
+             int64_t lds) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (kHasAvx512) return qk_rows_avx512(q, rows, k, ldk, n, D, s);
+  if (kHasAvx512) return qk_rows_avx512(q, rows, k, ldk, n, D, s, lds);
 #endif
-  qk_rows_generic(q, rows, k, ldk, n, D, s);
+  qk_rows_generic(q, rows, k, ldk, n, D, s, lds);
 }
 
-void pv_rows(const float* p, int rows, int n, const float* v, int64_t ldv, int D, float* acc) {
+void pv_rows(const float* p, int64_t ldp, int rows, int n, const float* v, int64_t ldv, int D,
+             float* acc) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (kHasAvx512) return pv_rows_avx512(p, rows, n, v, ldv, D, acc);
+  if (kHasAvx512) return pv_rows_avx512(p, ldp, rows, n, v, ldv, D, acc);
 #endif
-  pv_rows_generic(p, rows, n, v, ldv, D, acc);
+  pv_rows_generic(p, ldp, rows, n, v, ldv, D, acc);
 }
 
 FA_MULTIVERSION float dot(const float* a, const float* b, int n) { return dot_inline(a, b, n); }

@@ -17,11 +17,13 @@ void scale(float* x, float a, int n);
 float mask_max(float* x, int n, int lo, int hi);
 // x[j] = exp(x[j] - shift), returns the sum. exp(-inf) is exactly 0.
 float exp_sum(float* x, float shift, int n);
-// Scores of a few query rows against n keys: s[r * n + j] = q[r] . k[j],
+// Scores of a few query rows against n keys: s[r * lds + j] = q[r] . k[j],
 // q [rows, D] contiguous, key j at k + j * ldk.
-void qk_rows(const float* q, int rows, const float* k, int64_t ldk, int n, int D, float* s);
-// acc[r] += sum_j p[r * n + j] * v[j], acc [rows, D], value j at v + j * ldv.
-void pv_rows(const float* p, int rows, int n, const float* v, int64_t ldv, int D, float* acc);
+void qk_rows(const float* q, int rows, const float* k, int64_t ldk, int n, int D, float* s,
+             int64_t lds);
+// acc[r] += sum_j p[r * ldp + j] * v[j], acc [rows, D], value j at v + j * ldv.
+void pv_rows(const float* p, int64_t ldp, int rows, int n, const float* v, int64_t ldv, int D,
+             float* acc);
 // Widening conversions of fp16 / bf16 bit patterns.
 void bf16_to_f32(const uint16_t* src, float* dst, int n);
 void f16_to_f32(const uint16_t* src, float* dst, int n);
