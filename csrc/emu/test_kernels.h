@@ -1,0 +1,160 @@
+#pragma once
+// Arguments of the primitive test kernels (test_kernels.cuh) and their two runners: the
+// emulated build (test_kernels_emu.cpp) and, when CUDA is built, the GPU build
+// (csrc/cuda/primitives_test.cu). Plain pointers: the test module passes tensor
+// data_ptr()s, host memory for the emulation, device memory for the GPU.
+#include <cstdint>
+
+namespace fastattn::primtest {
+
+// threadIdx, blockIdx, blockDim, gridDim, thread_rank, lane_id, warp_id of every thread.
+struct IndexArgs {
+  uint32_t* out;  // [blocks * threads, 16]
+  unsigned grid[3];
+  unsigned block[3];
+};
+
+// D = A * B + C per problem, one warp per problem. Fragments are loaded by per-lane
+// indexing of the documented layout (via_ldmatrix = 0) or by ldmatrix from shared memory
+// (via_ldmatrix = 1: x4 for A, x2.trans for B).
+struct MmaArgs {
+  const uint16_t* a;  // [P, 16, 16] fp16/bf16 bits, row-major (M x K)
+  const uint16_t* b;  // [P, 16, 8] fp16/bf16 bits, row-major (K x N)
+  const float* c;     // [P, 16, 8]
+  float* d;           // [P, 16, 8]
+  int problems;
+  int bf16;
+  int via_ldmatrix;
+};
+
+// out[i] = shfl_<mode>(in[i], arg[i], width) for every thread i.
+struct ShflArgs {
+  const void* in;   // [threads] uint32, or uint64 when wide
+  const int32_t* arg;  // [threads] lane mask / source lane / delta
+  void* out;        // like in
+  int threads;      // a multiple of 32
+  int mode;         // 0 up, 1 down, 2 xor, 3 idx
+  int width;
+  int wide;
+};
+
+// out[i] = (ballot, any, all) of pred over thread i's warp.
+struct VoteArgs {
+  const int32_t* pred;  // [threads]
+  uint32_t* out;        // [threads, 3]
+  int threads;
+};
+
+// One warp: the tile is copied to dynamic shared memory, lane l passes
+// smem + offsets[l] to ldmatrix, and writes its registers to out[l].
+struct LdmatrixArgs {
+  const uint16_t* tile;   // [tile_elems]
+  int tile_elems;         // a multiple of 8
+  const int32_t* offsets; // [32] element offsets (multiples of 8)
+  uint32_t* out;          // [32, num]
+  int num;
+  int trans;
+};
+
+// cp.async through a two-stage shared-memory ring.
+//   mode 0 (pipeline): tile t+1 is issued while tile t is read; thread i copies chunk i of
+//     each tile and reads chunk i+1 (another thread's). out equals src (with chunk bytes
+//     past src_bytes zeroed) iff waits and barriers are right. flags drop one of them.
+//   mode 1 (probe): issue tile 0, commit, issue tile 1, commit, wait_group 1; each thread
+//     then reads back its own chunk of both tiles into out[0] and out[1].
+struct CpAsyncArgs {
+  const uint8_t* src;  // [tiles, threads * 16]
+  uint8_t* out;        // [tiles, threads * 16]
+  int tiles;
+  int threads;
+  int mode;
+  int flags;      // kSkipWait | kSkipBarrierAfterWait | kSkipBarrierBeforeRefill
+  int src_bytes;  // bytes of each 16-byte chunk read from src (the rest is zero-filled)
+};
+constexpr int kSkipWait = 1;
+constexpr int kSkipBarrierAfterWait = 2;
+constexpr int kSkipBarrierBeforeRefill = 4;
+
+// Tree sum of each row of `in` in static shared memory, one block per row. barrier:
+// kBarrierBlock (correct), kBarrierNone (every sync_block dropped) or kBarrierWarp
+// (sync_warp in its place: the warp collectives alone must not pass for a barrier).
+struct ReduceArgs {
+  const float* in;  // [rows, threads], threads a power of two <= 1024
+  float* out;       // [rows]
+  int rows;
+  int threads;
+  int barrier;
+};
+constexpr int kBarrierBlock = 0;
+constexpr int kBarrierNone = 1;
+constexpr int kBarrierWarp = 2;
+
+// Every thread i of the grid applies its value in[i] to the counters.
+struct AtomicArgs {
+  const int32_t* in;  // [blocks * threads]
+  int blocks;
+  int threads;
+  float* fsum;        // [1]  += float(in[i])
+  int32_t* isum;      // [1]  += in[i]
+  int32_t* imax;      // [1]  max
+  int32_t* imin;      // [1]  min
+  uint32_t* bits;     // [1]  |= 1 << (i % 32)
+  int32_t* block_counts;  // [blocks]  shared-memory atomic count of threads, per block
+  int32_t* cas_slot;  // [1]  starts at -1; the first CAS wins
+  int32_t* cas_wins;  // [1]  number of winning CAS
+  int32_t* exch;      // [1]  exchanged by every thread; ends as some i
+};
+
+// Elementwise conversions and fast math.
+struct MathArgs {
+  const float* x;        // [n]
+  int n;                 // even
+  uint16_t* to_f16;      // [n]  from_float<half_t>
+  uint16_t* to_bf16;     // [n]  from_float<bf16_t>
+  uint32_t* pack_f16;    // [n/2]  pack2<half_t>(x[2j], x[2j+1])
+  uint32_t* pack_bf16;   // [n/2]
+  float* unpack_f16;     // [n]  unpack2<half_t>(pack_f16)
+  float* unpack_bf16;    // [n]
+  float* exp2;           // [n]  fast_exp2
+  float* rcp;            // [n]  fast_rcp
+  float* tanh;           // [n]  fast_tanh
+  const uint16_t* bits;  // [nbits]  16-bit patterns
+  int nbits;
+  float* f16_to_f32;     // [nbits]  to_float(half_t)
+  float* bf16_to_f32;    // [nbits]  to_float(bf16_t)
+};
+
+// Misuse the emulation must report (kind): see test_kernels.cuh.
+struct MisuseArgs {
+  int kind;
+  float* scratch;  // [1024] global memory the kernels may touch
+};
+
+// Reads dynamic and static shared memory before writing it (emulation: poisoned bytes).
+struct SmemPoisonArgs {
+  uint32_t* out;  // [blocks, threads, 2]
+  int blocks;
+  int threads;
+};
+
+#define FASTATTN_PRIMTEST_RUNNERS                  \
+  void run_index(const IndexArgs&);                \
+  void run_mma(const MmaArgs&);                    \
+  void run_shfl(const ShflArgs&);                  \
+  void run_vote(const VoteArgs&);                  \
+  void run_ldmatrix(const LdmatrixArgs&);          \
+  void run_cp_async(const CpAsyncArgs&);           \
+  void run_reduce(const ReduceArgs&);              \
+  void run_atomics(const AtomicArgs&);             \
+  void run_math(const MathArgs&);                  \
+  void run_misuse(const MisuseArgs&);              \
+  void run_smem_poison(const SmemPoisonArgs&);
+
+namespace emulated {
+FASTATTN_PRIMTEST_RUNNERS
+}
+namespace gpu {
+FASTATTN_PRIMTEST_RUNNERS
+}
+
+}  // namespace fastattn::primtest

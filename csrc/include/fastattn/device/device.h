@@ -1,0 +1,19 @@
+#pragma once
+// The device layer: the only device intrinsics kernels may use (DESIGN.md §2).
+//
+//   config.h   build mode, FA_KERNEL/FA_DEVICE/FA_SHARED, indices, vector types, smem, trap
+//   sync.h     sync_block, sync_warp, fences, shfl_{xor,idx,up,down}, warp votes
+//   mma.h      mma_m16n8k16<half_t|bf16_t>, ldmatrix<x, trans>
+//   memory.h   cp_async_16 / commit / wait, atomics
+//   math.h     fp16/bf16 conversions and packing, fast_exp2, fast_rcp, fast_tanh
+//   launch.h   LaunchConfig, launch(kernel, cfg, args...), synchronize
+//
+// Compiled by nvcc these are PTX; compiled by a host compiler with FASTATTN_EMULATION they
+// run on the CPU emulation (emu_runtime.h, csrc/emu/runtime.cpp) so that the same kernel
+// source runs in CI. Everything lives in namespace fastattn::device.
+#include "fastattn/device/config.h"
+#include "fastattn/device/launch.h"
+#include "fastattn/device/math.h"
+#include "fastattn/device/memory.h"
+#include "fastattn/device/mma.h"
+#include "fastattn/device/sync.h"
