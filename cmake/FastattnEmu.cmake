@@ -72,5 +72,21 @@ if(FASTATTN_WITH_CUDA)
 endif()
 
 install(TARGETS _emu LIBRARY DESTINATION fastattn)
+
+# fastattn._emu_ops: torch.ops.fastattn_emu.*, the op glue (csrc/ops/kernel_ops.h) over
+# the CUDA kernel sources compiled for the emulation (csrc/emu/<op>_emu.cpp, each
+# including its csrc/cuda/<op>.cu with FASTATTN_EMULATION defined).
+file(GLOB _fa_emu_kernels CONFIGURE_DEPENDS "${_fa_emu_root}/csrc/emu/*_emu.cpp")
+list(REMOVE_ITEM _fa_emu_kernels "${_fa_emu_root}/csrc/emu/test_kernels_emu.cpp")
+pybind11_add_module(_emu_ops MODULE
+  "${_fa_emu_root}/csrc/emu/ops_module.cpp"
+  "${_fa_emu_root}/csrc/emu/ops_emu.cpp"
+  "${_fa_emu_root}/csrc/ops/params.cpp"
+  "${_fa_emu_root}/csrc/ops/kernels_pending.cpp"
+  ${_fa_emu_kernels})
+target_include_directories(_emu_ops PRIVATE "${_fa_emu_root}/csrc/include" "${_fa_emu_root}/csrc")
+target_link_libraries(_emu_ops PRIVATE torch fastattn_emu_runtime)
+target_compile_options(_emu_ops PRIVATE ${_fa_emu_flags} -Wno-unused-parameter)
+install(TARGETS _emu_ops LIBRARY DESTINATION fastattn)
 message(STATUS "fastattn: emulation runtime and fastattn._emu enabled "
                "(CUDA test kernels: ${FASTATTN_WITH_CUDA})")

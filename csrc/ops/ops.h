@@ -45,6 +45,15 @@ AppendKVParams make_append_params(const at::Tensor& k_cache, const at::Tensor& v
                                   const at::Tensor& k, const at::Tensor& v,
                                   const at::Tensor& slot_mapping);
 
+// merge_attention_states inputs flattened to rows of D (views when possible).
+struct MergeInputs {
+  MergeInputs(const at::Tensor& out_a, const at::Tensor& lse_a, const at::Tensor& out_b,
+              const at::Tensor& lse_b);
+  // out like out_a (contiguous), lse like lse_a.
+  MergeParams params(const at::Tensor& out, const at::Tensor& lse) const;
+  at::Tensor a, b, la, lb;
+};
+
 // Value checks for index tensors that live on the host.
 void check_kv_lens_host(const at::Tensor& kv_lens, int64_t seqlen_k);
 void check_cu_seqlens_host(const at::Tensor& cu_seqlens, int64_t total, int64_t max_seqlen,
@@ -53,5 +62,11 @@ void check_paged_host(const at::Tensor& block_table, const at::Tensor& seq_lens,
                       const std::optional<at::Tensor>& cu_seqlens_q, int64_t num_pages,
                       int64_t page_size);
 void check_slots_host(const at::Tensor& slot_mapping, int64_t num_slots);
+
+// CUDA build: synchronises, then raises ValueError for index values that kernels
+// flagged since the last check (see csrc/ops/kernel_ops.h).
+void check_kernel_errors();
+// Emulation build (tests): the multiprocessor count the decode split-KV is sized for.
+void set_emu_num_sms(int n);
 
 }  // namespace fastattn::ops

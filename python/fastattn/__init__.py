@@ -21,6 +21,19 @@ from .cache import OutOfPagesError, PagedBatch, PagedKVCache
 __version__ = _C.build_info()["version"]
 
 
+def check_errors() -> None:
+    """Raise ValueError if a CUDA kernel found out-of-range index values.
+
+    On CUDA, index values (block-table entries, lengths, cu_seqlens, slots) are
+    checked by the kernels, which skip bad ones instead of reading through them:
+    checking on the host would need a device sync. Such an error surfaces at the
+    next fastattn call on that device, or here: this synchronises every device.
+    A no-op without CUDA kernels.
+    """
+    if hasattr(_C, "check_errors") and torch.cuda.is_available():
+        _C.check_errors()
+
+
 def build_info() -> dict:
     """How this copy was built: version, torch version, CUDA kernels and architectures."""
     return dict(_C.build_info())
@@ -38,5 +51,6 @@ __all__ = [
     "PagedBatch",
     "OutOfPagesError",
     "build_info",
+    "check_errors",
     "__version__",
 ]

@@ -6,6 +6,19 @@
 
 namespace fastattn {
 
+// Bits a CUDA kernel sets in *error_flag when an index value is out of range.
+// Such values cannot be checked on the host without a device sync, so the
+// kernel checks each one before use, never dereferences a bad address, and
+// reports here; the host raises ValueError naming the argument (see
+// csrc/ops/kernel_ops.cpp for when).
+enum ErrorBits : int32_t {
+  kErrBlockTable = 1 << 0,   // block_table entry outside [0, num_pages) for a used page
+  kErrSeqLens = 1 << 1,      // seq_lens / kv_lens outside their range
+  kErrCuSeqlensQ = 1 << 2,   // cu_seqlens_q not non-decreasing from 0 to Tq, or > max_seqlen_q
+  kErrCuSeqlensK = 1 << 3,   // cu_seqlens_k likewise
+  kErrSlotMapping = 1 << 4,  // slot_mapping entry >= num_pages * page_size
+};
+
 // Dense, varlen and paged attention share one struct: which sequence bounds and
 // which key addressing apply are runtime predicates (null pointers), so the
 // compile-time axes stay dtype, head dim and causal (DESIGN.md §3).
@@ -41,11 +54,17 @@ struct AttnParams {
   int64_t block_table_stride;   // elements between rows of block_table
   int page_size;
 
+  int num_pages;                // paged: k/v cache pages, for the block-table range check
+  int total_q;                  // varlen/extend: Tq, for the cu_seqlens_q check
+  int total_k;                  // varlen: Tk
+
   float softmax_scale;
   float softcap;                // 0: off
   bool causal;
   int window_left;              // -1: unbounded
   int window_right;             // -1: unbounded
+
+  int32_t* error_flag;          // CUDA kernels: ErrorBits sink; null on the CPU (host checks)
 };
 
 struct AppendKVParams {
@@ -62,6 +81,8 @@ struct AppendKVParams {
   int num_heads_k;
   int head_dim;
   int page_size;
+  int64_t num_slots;            // num_pages * page_size
+  int32_t* error_flag;          // CUDA kernels: ErrorBits sink; null on the CPU
 };
 
 struct MergeParams {

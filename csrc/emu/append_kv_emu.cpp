@@ -1,0 +1,3 @@
+// append_kv compiled for the CPU emulation (fastattn._emu_ops).
+#define FASTATTN_EMULATION 1
+#include "cuda/append_kv.cu"

@@ -1,0 +1,242 @@
+// The ops on the CUDA kernels (csrc/cuda/kernels.h). Included by exactly two
+// translation units, each defining its mode first:
+//  - csrc/ops/cuda_ops.cpp (FASTATTN_KERNEL_OPS_CUDA), into fastattn._C: namespace
+//    fastattn, CUDA dispatch key; kernels run on the current stream.
+//  - csrc/emu/ops_emu.cpp (FASTATTN_KERNEL_OPS_EMU), into the test-only
+//    fastattn._emu_ops: namespace fastattn_emu, CPU dispatch key; the same kernel
+//    sources run on the CPU emulation.
+//
+// Index values (block tables, lengths, cu_seqlens, slots) are checked by the kernels,
+// which report out-of-range values in an error flag and never read through them:
+// checking them here would need a device-to-host copy, a sync that breaks CUDA graphs.
+// CUDA: the flag is pinned host memory mapped into the device. Every op reads it, without
+// a sync, before it launches, and raises ValueError for errors of earlier launches on
+// that device; fastattn.check_errors() synchronises and raises. So an invalid index
+// surfaces at the next fastattn call (or check_errors), never as a bad memory access.
+// Emulation: launches are synchronous, so the op that got the bad value raises.
+#pragma once
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "cuda/kernels.h"
+#include "ops/ops.h"
+
+#if defined(FASTATTN_KERNEL_OPS_CUDA)
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+#define FASTATTN_OPS_NAMESPACE fastattn
+#define FASTATTN_OPS_KEY CUDA
+#elif defined(FASTATTN_KERNEL_OPS_EMU)
+#include "fastattn/device/emu_runtime.h"
+#define FASTATTN_OPS_NAMESPACE fastattn_emu
+#define FASTATTN_OPS_KEY CPU
+#else
+#error "define FASTATTN_KERNEL_OPS_CUDA or FASTATTN_KERNEL_OPS_EMU"
+#endif
+
+namespace fastattn::ops {
+namespace {
+
+kernels::DType kernel_dtype(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kHalf: return kernels::DType::kFloat16;
+    case at::kBFloat16: return kernels::DType::kBFloat16;
+    default:
+      TORCH_CHECK_TYPE(false, "fastattn (CUDA kernels): unsupported dtype ", t.scalar_type(),
+                       "; expected float16 or bfloat16");
+  }
+}
+
+std::string describe_errors(int32_t bits) {
+  std::string msg;
+  auto add = [&](int32_t bit, const char* text) {
+    if (bits & bit) msg += msg.empty() ? text : std::string("; ") + text;
+  };
+  add(kErrBlockTable,
+      "block_table: an entry used by a sequence is outside [0, num_pages)");
+  add(kErrSeqLens,
+      "seq_lens/kv_lens: a length is negative, beyond the keys available "
+      "(max_pages * page_size, or Sk), or smaller than the sequence's query tokens");
+  add(kErrCuSeqlensQ,
+      "cu_seqlens_q: not non-decreasing from 0 to the number of query tokens, or a "
+      "sequence longer than max_seqlen_q");
+  add(kErrCuSeqlensK,
+      "cu_seqlens_k: not non-decreasing from 0 to the number of key tokens, or a "
+      "sequence longer than max_seqlen_k");
+  add(kErrSlotMapping, "slot_mapping: an entry is >= num_pages * page_size");
+  return msg;
+}
+
+#if defined(FASTATTN_KERNEL_OPS_CUDA)
+
+struct ErrorFlag {
+  int32_t* host = nullptr;    // pinned, mapped
+  int32_t* device = nullptr;  // the same word, as the device sees it
+};
+
+ErrorFlag& error_flag(int device) {
+  static std::mutex mutex;
+  static std::vector<ErrorFlag> flags;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (flags.empty()) flags.resize(c10::cuda::device_count());
+  ErrorFlag& f = flags.at(device);
+  if (!f.host) {
+    C10_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&f.host), sizeof(int32_t),
+                                 cudaHostAllocMapped));
+    *f.host = 0;
+    C10_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&f.device), f.host, 0));
+  }
+  return f;
+}
+
+void raise_if_flagged(ErrorFlag& f, const char* when) {
+  const int32_t bits = __atomic_exchange_n(f.host, 0, __ATOMIC_ACQ_REL);
+  TORCH_CHECK_VALUE(bits == 0, "fastattn: ", when, " a fastattn kernel found invalid index values "
+                    "and skipped them (its outputs are not valid): ", describe_errors(bits));
+}
+
+struct Launch {
+  explicit Launch(const at::Tensor& t) : guard(t.device()), flag(error_flag(t.get_device())) {
+    raise_if_flagged(flag, "before this call,");
+    stream = c10::cuda::getCurrentCUDAStream(t.get_device()).stream();
+  }
+  int32_t* error_flag_ptr() const { return flag.device; }
+  void done() const {}
+  int num_sms() const {
+    int device = 0, sms = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    return sms;
+  }
+  c10::cuda::CUDAGuard guard;
+  ErrorFlag& flag;
+  void* stream;
+};
+
+#else  // emulation
+
+// The multiprocessor count the emulated decode sizes its split-KV for; tests vary it.
+int g_emu_num_sms = 4;
+
+struct Launch {
+  explicit Launch(const at::Tensor&) {}
+  int32_t* error_flag_ptr() { return &flag; }
+  void done() const {
+    TORCH_CHECK_VALUE(flag == 0, "fastattn: a fastattn kernel found invalid index values and "
+                      "skipped them (its outputs are not valid): ", describe_errors(flag));
+  }
+  int num_sms() const { return g_emu_num_sms; }
+  int32_t flag = 0;
+  void* stream = nullptr;
+};
+
+#endif
+
+TensorPair attention_k(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                       const std::optional<at::Tensor>& kv_lens, double softmax_scale,
+                       bool causal, int64_t window_left, int64_t window_right, double softcap) {
+  Launch launch(q);
+  auto [out, lse] = alloc_out_lse(q);
+  if (q.numel() == 0) return {out, lse};
+  AttnParams p = make_dense_params(q, k, v, kv_lens, out, lse, softmax_scale, causal,
+                                   window_left, window_right, softcap);
+  p.error_flag = launch.error_flag_ptr();
+  kernels::attention_fwd(p, kernel_dtype(q), launch.stream);
+  launch.done();
+  return {out, lse};
+}
+
+TensorPair attention_varlen_k(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k,
+                              int64_t max_seqlen_q, int64_t max_seqlen_k, double softmax_scale,
+                              bool causal, int64_t window_left, int64_t window_right,
+                              double softcap) {
+  Launch launch(q);
+  auto [out, lse] = alloc_out_lse(q);
+  if (q.numel() == 0 || cu_seqlens_q.size(0) < 2) return {out, lse};
+  AttnParams p = make_varlen_params(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                    max_seqlen_k, out, lse, softmax_scale, causal, window_left,
+                                    window_right, softcap);
+  p.error_flag = launch.error_flag_ptr();
+  kernels::attention_fwd(p, kernel_dtype(q), launch.stream);
+  launch.done();
+  return {out, lse};
+}
+
+TensorPair paged_attention_k(const at::Tensor& q, const at::Tensor& k_cache,
+                             const at::Tensor& v_cache, const at::Tensor& block_table,
+                             const at::Tensor& seq_lens,
+                             const std::optional<at::Tensor>& cu_seqlens_q, int64_t max_seqlen_q,
+                             double softmax_scale, bool causal, int64_t window_left,
+                             int64_t window_right, double softcap) {
+  Launch launch(q);
+  auto [out, lse] = alloc_out_lse(q);
+  if (q.numel() == 0 || block_table.size(0) == 0) return {out, lse};
+  AttnParams p = make_paged_params(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q,
+                                   max_seqlen_q, out, lse, softmax_scale, causal, window_left,
+                                   window_right, softcap);
+  p.error_flag = launch.error_flag_ptr();
+  if (cu_seqlens_q.has_value()) {
+    kernels::attention_fwd(p, kernel_dtype(q), launch.stream);
+  } else {
+    // The split count and workspace depend on shapes only, so the call is
+    // capturable in a CUDA graph.
+    const int splits = kernels::decode_num_splits(p, launch.num_sms());
+    const int64_t floats = kernels::decode_workspace_floats(p, splits);
+    at::Tensor workspace;
+    if (floats > 0) workspace = at::empty({floats}, q.options().dtype(at::kFloat));
+    kernels::paged_decode(p, kernel_dtype(q), floats > 0 ? workspace.data_ptr<float>() : nullptr,
+                          splits, launch.stream);
+  }
+  launch.done();
+  return {out, lse};
+}
+
+void append_kv_k(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& k,
+                 const at::Tensor& v, const at::Tensor& slot_mapping) {
+  Launch launch(k_cache);
+  if (k.size(0) == 0) return;
+  AppendKVParams p = make_append_params(k_cache, v_cache, k, v, slot_mapping);
+  p.error_flag = launch.error_flag_ptr();
+  kernels::append_kv(p, kernel_dtype(k_cache), launch.stream);
+  launch.done();
+}
+
+TensorPair merge_attention_states_k(const at::Tensor& out_a, const at::Tensor& lse_a,
+                                    const at::Tensor& out_b, const at::Tensor& lse_b) {
+  Launch launch(out_a);
+  auto out = at::empty(out_a.sizes(), out_a.options());
+  auto lse = at::empty(lse_a.sizes(), lse_a.options());
+  if (out.numel() == 0) return {out, lse};
+  const MergeInputs in(out_a, lse_a, out_b, lse_b);
+  kernels::merge_attention_states(in.params(out, lse), kernel_dtype(out_a), launch.stream);
+  launch.done();
+  return {out, lse};
+}
+
+}  // namespace
+
+#if defined(FASTATTN_KERNEL_OPS_CUDA)
+void check_kernel_errors() {
+  C10_CUDA_CHECK(cudaDeviceSynchronize());
+  for (int d = 0; d < c10::cuda::device_count(); ++d)
+    raise_if_flagged(error_flag(d), "since the last check,");
+}
+#else
+void set_emu_num_sms(int n) { g_emu_num_sms = n; }
+#endif
+
+TORCH_LIBRARY_IMPL(FASTATTN_OPS_NAMESPACE, FASTATTN_OPS_KEY, m) {
+  m.impl("attention", &attention_k);
+  m.impl("attention_varlen", &attention_varlen_k);
+  m.impl("paged_attention", &paged_attention_k);
+  m.impl("append_kv", &append_kv_k);
+  m.impl("merge_attention_states", &merge_attention_states_k);
+}
+
+}  // namespace fastattn::ops

@@ -1,0 +1,253 @@
+// Tensors -> params for every op family, and the host value checks used where
+// index values already live on the host (CPU tensors). Shared by the CPU
+// registration, the CUDA registration and the emulated-kernel test ops.
+#include <ATen/ATen.h>
+
+#include "ops/ops.h"
+
+namespace fastattn::ops {
+namespace {
+
+template <typename T>
+const T* data_or_null(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->data_ptr<T>() : nullptr;
+}
+
+void fill_common(AttnParams& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& out,
+                 const at::Tensor& lse, double softmax_scale, bool causal, int64_t window_left,
+                 int64_t window_right, double softcap) {
+  p.q = q.data_ptr();
+  p.o = out.data_ptr();
+  p.lse = lse.data_ptr<float>();
+  p.num_heads_q = int(q.size(-2));
+  p.num_heads_k = int(k.size(-2));
+  p.head_dim = int(q.size(-1));
+  p.softmax_scale = float(softmax_scale);
+  p.softcap = float(softcap);
+  p.causal = causal;
+  // Windows wider than any sequence are unbounded; the clamp keeps int math safe.
+  constexpr int64_t kMaxWindow = int64_t(1) << 30;
+  p.window_left = int(window_left < 0 ? -1 : std::min(window_left, kMaxWindow));
+  p.window_right = int(window_right < 0 ? -1 : std::min(window_right, kMaxWindow));
+  p.cu_seqlens_q = nullptr;
+  p.cu_seqlens_k = nullptr;
+  p.kv_lens = nullptr;
+  p.block_table = nullptr;
+  p.block_table_stride = 0;
+  p.page_size = 1;
+  p.num_pages = 0;
+  p.total_q = int(q.size(0));
+  p.total_k = int(k.size(0));
+  p.error_flag = nullptr;
+}
+
+void set_kv_strides(AttnParams& p, const at::Tensor& k, const at::Tensor& v, int64_t batch_dim,
+                    int64_t row_dim) {
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.k_batch_stride = batch_dim < 0 ? 0 : k.stride(batch_dim);
+  p.v_batch_stride = batch_dim < 0 ? 0 : v.stride(batch_dim);
+  p.k_row_stride = k.stride(row_dim);
+  p.v_row_stride = v.stride(row_dim);
+  p.k_head_stride = k.stride(-2);
+  p.v_head_stride = v.stride(-2);
+}
+
+// Queries, outputs and lse: batch_dim / row_dim < 0 means "no such dimension".
+void set_q_strides(AttnParams& p, const at::Tensor& q, const at::Tensor& out,
+                   const at::Tensor& lse, int64_t batch_dim, int64_t row_dim) {
+  p.q_batch_stride = batch_dim < 0 ? 0 : q.stride(batch_dim);
+  p.o_batch_stride = batch_dim < 0 ? 0 : out.stride(batch_dim);
+  p.lse_batch_stride = batch_dim < 0 ? 0 : lse.stride(batch_dim);
+  p.q_row_stride = row_dim < 0 ? 0 : q.stride(row_dim);
+  p.o_row_stride = row_dim < 0 ? 0 : out.stride(row_dim);
+  p.lse_row_stride = row_dim < 0 ? 0 : lse.stride(row_dim);
+  p.q_head_stride = q.stride(-2);
+  p.o_head_stride = out.stride(-2);
+  p.lse_head_stride = lse.stride(-1);
+}
+
+}  // namespace
+
+TensorPair alloc_out_lse(const at::Tensor& q) {
+  auto out = at::empty(q.sizes(), q.options());
+  auto sizes = q.sizes().vec();
+  sizes.pop_back();
+  auto lse = at::empty(sizes, q.options().dtype(at::kFloat));
+  return {out, lse};
+}
+
+AttnParams make_dense_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const std::optional<at::Tensor>& kv_lens, const at::Tensor& out,
+                             const at::Tensor& lse, double softmax_scale, bool causal,
+                             int64_t window_left, int64_t window_right, double softcap) {
+  AttnParams p;
+  fill_common(p, q, k, out, lse, softmax_scale, causal, window_left, window_right, softcap);
+  set_q_strides(p, q, out, lse, 0, 1);
+  set_kv_strides(p, k, v, 0, 1);
+  p.batch = int(q.size(0));
+  p.seqlen_q = int(q.size(1));
+  p.seqlen_k = int(k.size(1));
+  p.kv_lens = data_or_null<int32_t>(kv_lens);
+  return p;
+}
+
+AttnParams make_varlen_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k,
+                              int64_t max_seqlen_q, int64_t max_seqlen_k, const at::Tensor& out,
+                              const at::Tensor& lse, double softmax_scale, bool causal,
+                              int64_t window_left, int64_t window_right, double softcap) {
+  AttnParams p;
+  fill_common(p, q, k, out, lse, softmax_scale, causal, window_left, window_right, softcap);
+  set_q_strides(p, q, out, lse, -1, 0);
+  set_kv_strides(p, k, v, -1, 0);
+  p.batch = int(cu_seqlens_q.size(0) - 1);
+  p.seqlen_q = int(max_seqlen_q);
+  p.seqlen_k = int(max_seqlen_k);
+  p.cu_seqlens_q = cu_seqlens_q.data_ptr<int32_t>();
+  p.cu_seqlens_k = cu_seqlens_k.data_ptr<int32_t>();
+  return p;
+}
+
+AttnParams make_paged_params(const at::Tensor& q, const at::Tensor& k_cache,
+                             const at::Tensor& v_cache, const at::Tensor& block_table,
+                             const at::Tensor& seq_lens,
+                             const std::optional<at::Tensor>& cu_seqlens_q, int64_t max_seqlen_q,
+                             const at::Tensor& out, const at::Tensor& lse, double softmax_scale,
+                             bool causal, int64_t window_left, int64_t window_right,
+                             double softcap) {
+  AttnParams p;
+  fill_common(p, q, k_cache, out, lse, softmax_scale, causal, window_left, window_right,
+              softcap);
+  if (cu_seqlens_q.has_value()) {
+    set_q_strides(p, q, out, lse, -1, 0);  // extend: packed [Tq, Hq, D]
+    p.cu_seqlens_q = cu_seqlens_q->data_ptr<int32_t>();
+    p.seqlen_q = int(max_seqlen_q);
+  } else {
+    set_q_strides(p, q, out, lse, 0, -1);  // decode: [B, Hq, D], one row per sequence
+    p.seqlen_q = 1;
+  }
+  set_kv_strides(p, k_cache, v_cache, 0, 1);
+  p.batch = int(block_table.size(0));
+  p.page_size = int(k_cache.size(1));
+  p.seqlen_k = int(block_table.size(1) * k_cache.size(1));
+  p.kv_lens = seq_lens.data_ptr<int32_t>();
+  p.block_table = block_table.data_ptr<int32_t>();
+  p.block_table_stride = block_table.stride(0);
+  p.num_pages = int(k_cache.size(0));
+  return p;
+}
+
+void check_kv_lens_host(const at::Tensor& kv_lens, int64_t seqlen_k) {
+  const int32_t* lens = kv_lens.data_ptr<int32_t>();
+  for (int64_t b = 0; b < kv_lens.numel(); ++b)
+    TORCH_CHECK_VALUE(lens[b] >= 0 && lens[b] <= seqlen_k, "kv_lens: kv_lens[", b, "] = ", lens[b],
+                      " is outside [0, Sk = ", seqlen_k, "]");
+}
+
+void check_cu_seqlens_host(const at::Tensor& cu_seqlens, int64_t total, int64_t max_seqlen,
+                           const char* name, const char* total_name, const char* max_name) {
+  const int32_t* cu = cu_seqlens.data_ptr<int32_t>();
+  const int64_t n = cu_seqlens.numel();
+  TORCH_CHECK_VALUE(cu[0] == 0, name, ": must start at 0, got ", name, "[0] = ", cu[0]);
+  int64_t longest = 0;
+  for (int64_t b = 0; b + 1 < n; ++b) {
+    TORCH_CHECK_VALUE(cu[b + 1] >= cu[b], name, ": must be non-decreasing, got ", name, "[", b,
+                      "] = ", cu[b], " > ", name, "[", b + 1, "] = ", cu[b + 1]);
+    longest = std::max<int64_t>(longest, cu[b + 1] - cu[b]);
+  }
+  TORCH_CHECK_VALUE(cu[n - 1] == total, name, ": last entry must equal ", total_name, " = ",
+                    total, ", got ", name, "[", n - 1, "] = ", cu[n - 1]);
+  TORCH_CHECK_VALUE(longest <= max_seqlen, max_name, ": ", max_seqlen,
+                    " is smaller than the longest sequence in ", name, " (", longest, ")");
+}
+
+void check_paged_host(const at::Tensor& block_table, const at::Tensor& seq_lens,
+                      const std::optional<at::Tensor>& cu_seqlens_q, int64_t num_pages,
+                      int64_t page_size) {
+  const int64_t batch = block_table.size(0);
+  const int64_t max_pages = block_table.size(1);
+  const int32_t* lens = seq_lens.data_ptr<int32_t>();
+  const int32_t* cu = cu_seqlens_q.has_value() ? cu_seqlens_q->data_ptr<int32_t>() : nullptr;
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t len = lens[b];
+    TORCH_CHECK_VALUE(len >= 0 && len <= max_pages * page_size, "seq_lens: seq_lens[", b, "] = ",
+                      len, " is outside [0, max_pages * page_size = ", max_pages * page_size,
+                      "] (block_table [B, max_pages] = [", batch, ", ", max_pages,
+                      "], page_size = ", page_size, ")");
+    const int64_t q_len = cu ? cu[b + 1] - cu[b] : 1;
+    // seq_len 0 marks a padding entry (fixed-size batches, CUDA graphs): its
+    // queries see no key and get output 0, lse -inf.
+    TORCH_CHECK_VALUE(len == 0 || q_len <= len, "seq_lens: seq_lens[", b, "] = ", len,
+                      " is smaller than its ", q_len,
+                      " query token(s); seq_lens counts the new tokens too (0 marks padding)");
+    const int32_t* row = block_table.data_ptr<int32_t>() + b * block_table.stride(0);
+    const int64_t used = (len + page_size - 1) / page_size;
+    for (int64_t j = 0; j < used; ++j)
+      TORCH_CHECK_VALUE(row[j] >= 0 && row[j] < num_pages, "block_table: block_table[", b, ", ", j,
+                        "] = ", row[j], " is outside [0, num_pages = ", num_pages,
+                        ") and is used by seq_lens[", b, "] = ", len);
+  }
+}
+
+void check_slots_host(const at::Tensor& slot_mapping, int64_t num_slots) {
+  const int64_t* slots = slot_mapping.data_ptr<int64_t>();
+  for (int64_t t = 0; t < slot_mapping.numel(); ++t)
+    TORCH_CHECK_VALUE(slots[t] < num_slots, "slot_mapping: slot_mapping[", t, "] = ", slots[t],
+                      " is beyond the cache (num_pages * page_size = ", num_slots, ")");
+}
+
+AppendKVParams make_append_params(const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                  const at::Tensor& k, const at::Tensor& v,
+                                  const at::Tensor& slot_mapping) {
+  AppendKVParams p;
+  p.k_cache = k_cache.data_ptr();
+  p.v_cache = v_cache.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.slot_mapping = slot_mapping.data_ptr<int64_t>();
+  p.kc_page_stride = k_cache.stride(0);
+  p.kc_row_stride = k_cache.stride(1);
+  p.kc_head_stride = k_cache.stride(2);
+  p.vc_page_stride = v_cache.stride(0);
+  p.vc_row_stride = v_cache.stride(1);
+  p.vc_head_stride = v_cache.stride(2);
+  p.k_token_stride = k.stride(0);
+  p.k_head_stride = k.stride(1);
+  p.v_token_stride = v.stride(0);
+  p.v_head_stride = v.stride(1);
+  p.num_tokens = k.size(0);
+  p.num_heads_k = int(k.size(1));
+  p.head_dim = int(k.size(2));
+  p.page_size = int(k_cache.size(1));
+  p.num_slots = k_cache.size(0) * k_cache.size(1);
+  p.error_flag = nullptr;
+  return p;
+}
+
+
+MergeInputs::MergeInputs(const at::Tensor& out_a, const at::Tensor& lse_a,
+                         const at::Tensor& out_b, const at::Tensor& lse_b)
+    // Views when the strides allow (the usual case), copies otherwise.
+    : a(out_a.reshape({-1, out_a.size(-1)})),
+      b(out_b.reshape({-1, out_b.size(-1)})),
+      la(lse_a.reshape({-1}).contiguous()),
+      lb(lse_b.reshape({-1}).contiguous()) {}
+
+MergeParams MergeInputs::params(const at::Tensor& out, const at::Tensor& lse) const {
+  MergeParams p;
+  p.out_a = a.data_ptr();
+  p.out_b = b.data_ptr();
+  p.lse_a = la.data_ptr<float>();
+  p.lse_b = lb.data_ptr<float>();
+  p.out = out.data_ptr();
+  p.lse = lse.data_ptr<float>();
+  p.out_a_row_stride = a.stride(0);
+  p.out_b_row_stride = b.stride(0);
+  p.out_row_stride = a.size(1);
+  p.num_rows = a.size(0);
+  p.head_dim = int(a.size(1));
+  return p;
+}
+
+}  // namespace fastattn::ops
