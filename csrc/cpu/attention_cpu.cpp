@@ -39,7 +39,7 @@ constexpr int kDirectBlockN = 256;  // keys per tile on the few-rows path
 constexpr int kSubBlockN = 64;    // keys per sub-tile where rows see different keys
 constexpr int kGemmRows = 256;    // target rows (query positions x group heads) per item
 constexpr int kMinGemmRows = 16;  // below this, direct loops beat a GEMM call
-constexpr int kPrefetch = 16;     // keys staged ahead of use
+constexpr int kPrefetch = 32;     // keys staged ahead of use
 
 inline void prefetch(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
@@ -245,8 +245,125 @@ class AttentionTile {
   int rows_ = 0;
 };
 
+// Paged decode of one whole batch row: every KV head at once, so that each page run
+// (tokens x Hk x D, contiguous in a contiguous cache) streams into the workspace in
+// one sequential copy the hardware prefetchers follow, instead of one head's rows a
+// token apart. Used when batch rows alone keep every core busy.
+template <typename T>
+class DecodeRow {
+ public:
+  explicit DecodeRow(const AttnParams& p) : p_(p) {
+    group_ = p.num_heads_q / p.num_heads_k;
+    const size_t hq = p.num_heads_q, D = p.head_dim, hkd = size_t(p.num_heads_k) * D;
+    q_.resize(hq * D);
+    // One page run at a time is converted (non-fp32 caches).
+    k_.resize(std::min<size_t>(kKeys, p.page_size) * hkd);
+    v_.resize(std::min<size_t>(kKeys, p.page_size) * hkd);
+    s_.resize(hq * kKeys);
+    acc_.resize(hq * D);
+    state_.resize(hq);
+  }
+
+  // A contiguous [page_size, Hk, D] block per page: the precondition for this path.
+  static bool applies(const AttnParams& p) {
+    const int64_t hkd = int64_t(p.num_heads_k) * p.head_dim;
+    return p.block_table && !p.cu_seqlens_q && p.seqlen_q == 1 &&
+           p.k_head_stride == p.head_dim && p.v_head_stride == p.head_dim &&
+           p.k_row_stride == hkd && p.v_row_stride == hkd;
+  }
+
+  void run(int b) {
+    const SeqBounds s = seq_bounds(p_, b);
+    const int D = p_.head_dim, Hq = p_.num_heads_q, Hk = p_.num_heads_k;
+    const int64_t hkd = int64_t(Hk) * D;
+    const KeyRange kr =
+        visible_keys(0, s.q_len, s.k_len, p_.causal, p_.window_left, p_.window_right);
+    const T* q = static_cast<const T*>(p_.q);
+    for (int h = 0; h < Hq; ++h) {
+      to_float(q + q_offset(p_, s, b, 0, h), &q_[size_t(h) * D], D);
+      vec::scale(&q_[size_t(h) * D], p_.softmax_scale, D);
+      state_[h].init();
+    }
+    std::fill(acc_.begin(), acc_.end(), 0.f);
+    for (int n0 = kr.lo; n0 < kr.hi; n0 += kKeys) {
+      const int n = std::min(kKeys, kr.hi - n0);
+      // Scores of every head against each page run of the tile, read in place
+      // (fp32) or converted once per run; the next run is prefetched meanwhile.
+      for_each_run(s, b, n0, n, p_.k, p_.k_batch_stride, k_.data(),
+                   [&](const float* rows, int j, int len) {
+                     for (int hk = 0; hk < Hk; ++hk)
+                       vec::qk_rows(&q_[size_t(hk) * group_ * D], group_, rows + hk * D, hkd,
+                                    len, D, &s_[size_t(hk) * group_ * n + j], n);
+                   });
+      for (int h = 0; h < Hq; ++h) {
+        float* sr = &s_[size_t(h) * n];
+        if (p_.softcap > 0.f)
+          for (int j = 0; j < n; ++j) sr[j] = apply_softcap(sr[j], p_.softcap);
+        OnlineSoftmax& st = state_[h];
+        const float alpha = st.rescale(vec::mask_max(sr, n, 0, n));
+        if (alpha != 1.f) vec::scale(&acc_[size_t(h) * D], alpha, D);
+        st.add(vec::exp_sum(sr, st.row_max == kNegInf ? 0.f : st.row_max, n));
+      }
+      for_each_run(s, b, n0, n, p_.v, p_.v_batch_stride, v_.data(),
+                   [&](const float* rows, int j, int len) {
+                     for (int hk = 0; hk < Hk; ++hk)
+                       vec::pv_rows(&s_[size_t(hk) * group_ * n + j], n, group_, len,
+                                    rows + hk * D, hkd, D, &acc_[size_t(hk) * group_ * D]);
+                   });
+    }
+    T* o = static_cast<T*>(p_.o);
+    for (int h = 0; h < Hq; ++h) {
+      const float inv = state_[h].inv_sum();
+      T* dst = o + o_offset(p_, s, b, 0, h);
+      for (int d = 0; d < D; ++d) dst[d] = T(acc_[size_t(h) * D + d] * inv);
+      if (p_.lse) p_.lse[lse_offset(p_, s, b, 0, h)] = state_[h].lse();
+    }
+  }
+
+ private:
+  static constexpr int kKeys = 64;  // keys per tile: K and V of all heads stay in L2
+
+  // Calls fn(rows, j, len) for each page run of tokens [n0, n0 + n): rows is fp32
+  // [len, Hk, D], the cache itself for fp32, else converted into scratch.
+  template <typename Fn>
+  void for_each_run(const SeqBounds& s, int b, int n0, int n, const void* base,
+                    int64_t page_stride, float* scratch, Fn&& fn) {
+    const T* src = static_cast<const T*>(base);
+    const int64_t hkd = int64_t(p_.num_heads_k) * p_.head_dim;
+    auto run_at = [&](int token) { return src + kv_token_offset(p_, s, b, token, page_stride, hkd); };
+    auto run_len = [&](int token, int left) {
+      return std::min(left, p_.page_size - token % p_.page_size);
+    };
+    for (int j = 0; j < n;) {
+      const int len = run_len(n0 + j, n - j);
+      if (j + len < n)
+        prefetch(run_at(n0 + j + len), run_len(n0 + j + len, n - j - len) * hkd * int64_t(sizeof(T)));
+      const T* run = run_at(n0 + j);
+      if constexpr (std::is_same_v<T, float>) {
+        fn(run, j, len);
+      } else {
+        to_float(run, scratch, int(len * hkd));
+        fn(scratch, j, len);
+      }
+      j += len;
+    }
+  }
+
+  const AttnParams& p_;
+  int group_;
+  std::vector<float> q_, k_, v_, s_, acc_;
+  std::vector<OnlineSoftmax> state_;
+};
+
 template <typename T>
 void attention_fwd_impl(const AttnParams& p) {
+  if (DecodeRow<T>::applies(p) && p.batch >= 2 * at::get_num_threads()) {
+    at::parallel_for(0, p.batch, 1, [&](int64_t begin, int64_t end) {
+      DecodeRow<T> row(p);
+      for (int64_t b = begin; b < end; ++b) row.run(int(b));
+    });
+    return;
+  }
   const int group = p.num_heads_q / p.num_heads_k;
   // Enough query positions per item that the group's rows fill a GEMM.
   const int m_block = std::max(1, std::min(p.seqlen_q, std::max(1, kGemmRows / group)));
