@@ -18,8 +18,8 @@ all: build
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
 
-$(DEPS): $(VPY)
-	$(VPY) -m pip install -q '$(TORCH)' 'cmake>=3.26' ninja 'pybind11>=2.12' 'scikit-build-core>=0.10' pytest numpy
+$(DEPS): $(VPY) Makefile
+	$(VPY) -m pip install -q '$(TORCH)' 'cmake>=3.26' ninja 'pybind11>=2.12' 'scikit-build-core>=0.10' pytest numpy nvidia-cuda-cuobjdump
 	touch $@
 
 # Editable install: Python sources are used in place; C++/CUDA changes need

@@ -1,0 +1,549 @@
+#pragma once
+// Paged decode: one query per sequence (its last position) against a paged KV cache,
+// GQA-packed and split-KV. Memory-bound, so the design goal is to read every K/V row
+// once, with 16-byte loads, and to keep enough blocks in flight (DESIGN.md §3).
+//
+// Algorithm
+//   1. paged_decode_kernel: a block owns (batch row b, KV head hk, query-head chunk,
+//      split s). The query heads that share hk (up to kGroup of them) are processed
+//      together, so each K/V row is loaded once for all of them. The split's keys
+//      (a contiguous range of the visible keys) are dealt round-robin to thread groups:
+//      a thread group is kLanes = kHeadDim / 8 lanes that together hold one key row,
+//      8 elements (one uint4) per lane. Each thread group keeps its own online-softmax
+//      state (row_max, row_sum) and acc_o for every packed head in registers; scores are
+//      lane-partial dot products summed by shuffles inside the group. At the end the
+//      groups of a warp merge by shuffles, the warps merge through shared memory, and
+//      the block writes either the final (out, lse) (num_splits == 1) or a normalised
+//      fp32 partial (out, lse) into the workspace.
+//   2. decode_merge_kernel (num_splits > 1 only): one warp per (b, query head) combines
+//      the num_splits partials by their lse (an online softmax over the split lse values)
+//      and writes out / lse. Empty splits (lse -inf) are skipped without reading their out.
+//
+// Grid-to-work mapping
+//   paged_decode_kernel: grid (B, Hk * head_chunks, num_splits), kDecodeThreads threads.
+//     blockIdx.y = hk * head_chunks + chunk; the chunk covers query heads
+//     hk * G + [chunk * heads_per_chunk, min(G, (chunk + 1) * heads_per_chunk)),
+//     G = Hq / Hk. Warp w, group g of the warp, tile step t handles key
+//     n0 + t * kRowsPerBlock + w * kRowsPerWarp + g of each kBlockN-key step n0.
+//   decode_merge_kernel: grid ceil(B * Hq / kMergeWarps), one warp per (b, head).
+//
+// Head dims: compiled for kHeadDim in {64, 128, 256}; a runtime D must be a multiple of 8
+// and at most 256, and runs on the smallest kHeadDim >= D; lanes whose 8 elements lie
+// past D load nothing and hold zeros (so D = 40 uses 5 of the 8 lanes of a group).
+//
+// Split-KV: num_splits comes from shapes only (decode_num_splits_for), so the launch and
+// its workspace are CUDA-graph capturable. Each sequence divides its own visible key
+// range into num_splits chunks of a multiple of kBlockN keys; splits past the end of a
+// short sequence are empty and write lse -inf.
+//
+// Workspace (num_splits > 1): fp32, partial_out [B, Hq, num_splits, D] followed by
+// partial_lse [B, Hq, num_splits]; a (b, head)'s splits are contiguous for the merge.
+//
+// Index values are checked on the device (ErrorBits): a seq_lens entry outside
+// [0, max_pages * page_size] reports kErrSeqLens and the sequence is treated as empty; a
+// block_table entry outside [0, num_pages) for a page below seq_len reports
+// kErrBlockTable and that page is never read. Nothing at or past seq_len is read.
+#include <stdexcept>
+#include <string>
+
+#include "cuda/kernels/common.cuh"
+
+namespace fastattn::kernels {
+
+constexpr int kDecodeWarps = 4;
+constexpr int kDecodeThreads = kDecodeWarps * 32;
+constexpr int kDecodeMaxHeadDim = 256;
+// Elements per lane per key row: one 16-byte load of fp16/bf16.
+constexpr int kDecodeVec = 8;
+// Query heads per block, largest compiled variant: bounds the per-thread registers
+// (q and acc_o are kGroup * 8 floats each). Larger GQA groups are split into chunks.
+constexpr int kDecodeMaxGroup = 8;
+// Split-KV heuristic: aim for this many blocks per multiprocessor, never give a split
+// fewer than kDecodeMinSplitKeys keys of the shape's capacity, and cap the partial count.
+constexpr int kDecodeBlocksPerSm = 2;
+constexpr int kDecodeMinSplitKeys = 256;
+constexpr int kDecodeMaxSplits = 64;
+constexpr int kMergeWarps = 4;
+
+// Packed query heads per block: the smallest compiled kGroup >= G (G capped at
+// kDecodeMaxGroup), and the chunks a KV head's query heads are split into.
+struct DecodeHeads {
+  int group;            // G = Hq / Hk
+  int kernel_group;     // compiled kGroup: 1, 2, 4 or 8
+  int head_chunks;      // blocks per KV head
+  int heads_per_chunk;  // <= kernel_group; the last chunk may hold fewer
+};
+
+inline DecodeHeads decode_heads(const AttnParams& p) {
+  DecodeHeads h;
+  h.group = p.num_heads_q / p.num_heads_k;
+  h.head_chunks = (h.group + kDecodeMaxGroup - 1) / kDecodeMaxGroup;
+  // Balanced chunks: G = 12 runs as 6 + 6, not 8 + 4.
+  h.heads_per_chunk = (h.group + h.head_chunks - 1) / h.head_chunks;
+  h.kernel_group = 1;
+  while (h.kernel_group < h.heads_per_chunk) h.kernel_group *= 2;
+  return h;
+}
+
+// Shapes only: batch, KV heads, query heads, the key capacity seqlen_k = max_pages *
+// page_size and the multiprocessor count. Never the values of seq_lens (graph capture).
+inline int decode_num_splits_for(const AttnParams& p, int num_sms) {
+  if (p.num_heads_k <= 0 || p.num_heads_q < p.num_heads_k) return 1;  // launch rejects it
+  const int64_t base_blocks =
+      int64_t(p.batch) * p.num_heads_k * decode_heads(p).head_chunks;
+  if (base_blocks <= 0) return 1;
+  const int64_t target = int64_t(num_sms > 0 ? num_sms : 1) * kDecodeBlocksPerSm;
+  int64_t splits = (target + base_blocks - 1) / base_blocks;
+  const int64_t by_keys =
+      (int64_t(p.seqlen_k) + kDecodeMinSplitKeys - 1) / kDecodeMinSplitKeys;
+  if (splits > by_keys) splits = by_keys;
+  if (splits > kDecodeMaxSplits) splits = kDecodeMaxSplits;
+  return splits < 1 ? 1 : int(splits);
+}
+
+inline int64_t decode_workspace_floats_for(const AttnParams& p, int num_splits) {
+  if (num_splits <= 1) return 0;
+  return int64_t(p.batch) * p.num_heads_q * num_splits * (int64_t(p.head_dim) + 1);
+}
+
+// Runtime arguments of the decode kernel besides the params.
+struct DecodeArgs {
+  float* ws_out;        // [B, Hq, num_splits, D] or null when num_splits == 1
+  float* ws_lse;        // [B, Hq, num_splits]
+  int num_splits;
+  int group;            // G = Hq / Hk
+  int head_chunks;
+  int heads_per_chunk;
+  bool vec16;           // every q/k/v/o pointer and stride allows 16-byte accesses
+};
+
+// Eight consecutive elements as one uint4: a 16-byte load when the address allows it,
+// else eight 2-byte loads (a uniform runtime branch, so no extra instantiation).
+template <typename T>
+FA_DEVICE dev::uint4 load_vec8(const T* src, bool vec16) {
+  if (vec16) return *reinterpret_cast<const dev::uint4*>(src);
+  dev::uint4 r;
+  r.x = dev::pack2_bits(src[0], src[1]);
+  r.y = dev::pack2_bits(src[2], src[3]);
+  r.z = dev::pack2_bits(src[4], src[5]);
+  r.w = dev::pack2_bits(src[6], src[7]);
+  return r;
+}
+
+template <typename T>
+FA_DEVICE void unpack_vec8(const dev::uint4& r, float* f) {
+  const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+  FA_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    const dev::float2 x = dev::unpack2<T>(w[i]);
+    f[2 * i] = x.x;
+    f[2 * i + 1] = x.y;
+  }
+}
+
+// Stores kN (4 or 8) fp32 values as T, vectorised when aligned.
+template <typename T, int kN>
+FA_DEVICE void store_vals(T* dst, const float* f, bool vec) {
+  static_assert(kN == 4 || kN == 8, "4 or 8 values");
+  if (vec) {
+    uint32_t w[kN / 2];
+    FA_UNROLL
+    for (int i = 0; i < kN / 2; ++i) w[i] = dev::pack2<T>(f[2 * i], f[2 * i + 1]);
+    if constexpr (kN == 8) {
+      *reinterpret_cast<dev::uint4*>(dst) = dev::uint4{w[0], w[1], w[2], w[3]};
+    } else {
+      *reinterpret_cast<dev::uint2*>(dst) = dev::uint2{w[0], w[1]};
+    }
+  } else {
+    FA_UNROLL
+    for (int i = 0; i < kN; ++i) dst[i] = dev::from_float<T>(f[i]);
+  }
+}
+
+// The keys [begin, end) of split `split` of sequence b (empty past the sequence), and the
+// sequence's checked length. Shared by every block of the sequence, so the splits tile
+// the visible range exactly.
+struct DecodeRange {
+  int seq_len;  // checked: 0 when the value was out of range
+  int lo;       // first visible key of the sequence
+  int begin;
+  int end;
+};
+
+template <int kBlockN>
+FA_DEVICE DecodeRange decode_range(const AttnParams& p, const SeqBounds& sb, int split,
+                                   int num_splits) {
+  DecodeRange r;
+  r.seq_len = sb.k_len;
+  if (r.seq_len < 0 || r.seq_len > p.seqlen_k) {
+    if (dev::thread_rank() == 0) report_error(p.error_flag, kErrSeqLens);
+    r.seq_len = 0;
+  }
+  // The query is the sequence's last position (q_len == 1 for decode).
+  const KeyRange kr = visible_keys(sb.q_len - 1, sb.q_len, r.seq_len, p.causal, p.window_left,
+                                   p.window_right);
+  const int n = kr.hi - kr.lo;
+  const int per_split = (n + num_splits - 1) / num_splits;
+  const int64_t chunk = int64_t((per_split + kBlockN - 1) / kBlockN) * kBlockN;
+  const int64_t begin = kr.lo + int64_t(split) * chunk;
+  const int64_t end = begin + chunk < kr.hi ? begin + chunk : kr.hi;
+  r.lo = kr.lo;
+  r.begin = int(begin < kr.hi ? begin : kr.hi);
+  r.end = int(end > r.begin ? end : r.begin);
+  return r;
+}
+
+template <typename T, int kHeadDim, int kGroup>
+FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads)
+    paged_decode_kernel(const AttnParams p, const DecodeArgs a) {
+  static_assert(kHeadDim % (kDecodeVec * 8) == 0 && kHeadDim <= kDecodeMaxHeadDim,
+                "kHeadDim: 64, 128 or 256");
+  constexpr int kLanes = kHeadDim / kDecodeVec;          // lanes per key row
+  constexpr int kRowsPerWarp = 32 / kLanes;              // key rows per warp per step
+  constexpr int kRowsPerBlock = kDecodeWarps * kRowsPerWarp;
+  // Rows per thread group per step: their K and V loads are all in flight at once.
+  // Eight packed heads already hold 128 floats of q and acc_o per thread, so they get
+  // fewer rows in flight to stay clear of spills.
+  constexpr int kTile = kGroup >= 8 ? 2 : 4;
+  constexpr int kBlockN = kRowsPerBlock * kTile;         // keys per step of the block
+
+  // Per-warp partial states, merged across warps after the key loop.
+  FA_SHARED(float[kDecodeWarps][kGroup][kHeadDim], red_acc);
+  FA_SHARED(float[kDecodeWarps][kGroup][2], red_state);
+
+  const int b = blockIdx.x;
+  const int hk = blockIdx.y / a.head_chunks;
+  const int chunk = blockIdx.y % a.head_chunks;
+  const int split = blockIdx.z;
+  const int head0 = chunk * a.heads_per_chunk;  // first packed head, inside the group
+  const int rest = a.group - head0;
+  const int n_heads = rest < a.heads_per_chunk ? rest : a.heads_per_chunk;  // uniform
+  const int hq0 = hk * a.group + head0;
+
+  const int lane = dev::lane_id();
+  const int warp = dev::warp_id();
+  const int c = lane % kLanes;                 // which 8 elements of the row
+  const int row_in_block = warp * kRowsPerWarp + lane / kLanes;
+  const bool active = c * kDecodeVec < p.head_dim;
+
+  const SeqBounds sb = seq_bounds(p, b);
+  const DecodeRange range = decode_range<kBlockN>(p, sb, split, a.num_splits);
+
+  // q, pre-scaled by softmax_scale as the CPU kernel does; zeros past D.
+  float q[kGroup][kDecodeVec];
+  const T* q_base = static_cast<const T*>(p.q);
+  FA_UNROLL
+  for (int i = 0; i < kGroup; ++i) {
+    const dev::uint4 raw = i < n_heads && active
+                               ? load_vec8(q_base + q_offset(p, sb, b, 0, hq0 + i) +
+                                               c * kDecodeVec, a.vec16)
+                               : dev::uint4{0, 0, 0, 0};
+    unpack_vec8<T>(raw, q[i]);
+    FA_UNROLL
+    for (int e = 0; e < kDecodeVec; ++e) q[i][e] *= p.softmax_scale;
+  }
+
+  OnlineSoftmax state[kGroup];
+  float acc_o[kGroup][kDecodeVec];
+  FA_UNROLL
+  for (int i = 0; i < kGroup; ++i) {
+    state[i].init();
+    FA_UNROLL
+    for (int e = 0; e < kDecodeVec; ++e) acc_o[i][e] = 0.f;
+  }
+
+  const T* k_base = static_cast<const T*>(p.k);
+  const T* v_base = static_cast<const T*>(p.v);
+  const int64_t table_row = int64_t(b) * p.block_table_stride;
+
+  for (int n0 = range.begin; n0 < range.end; n0 += kBlockN) {
+    float k_f[kTile][kDecodeVec];
+    float v_f[kTile][kDecodeVec];
+    bool valid[kTile];
+    {
+      // Issue every load of the step before using any of them.
+      dev::uint4 k_raw[kTile], v_raw[kTile];
+      FA_UNROLL
+      for (int t = 0; t < kTile; ++t) {
+        const int j = n0 + t * kRowsPerBlock + row_in_block;
+        valid[t] = j < range.end;
+        if (valid[t]) {
+          // Checked before k_offset/v_offset dereference it (they re-read the same,
+          // cached, entry).
+          const int32_t page = p.block_table[table_row + j / p.page_size];
+          if (page < 0 || page >= p.num_pages) {
+            if (c == 0) report_error(p.error_flag, kErrBlockTable);
+            valid[t] = false;
+          }
+        }
+        k_raw[t] = v_raw[t] = dev::uint4{0, 0, 0, 0};
+        if (valid[t] && active) {
+          const int64_t col = c * kDecodeVec;
+          k_raw[t] = load_vec8(k_base + k_offset(p, sb, b, j, hk) + col, a.vec16);
+          v_raw[t] = load_vec8(v_base + v_offset(p, sb, b, j, hk) + col, a.vec16);
+        }
+      }
+      // Converted once per row, not once per packed head.
+      FA_UNROLL
+      for (int t = 0; t < kTile; ++t) {
+        unpack_vec8<T>(k_raw[t], k_f[t]);
+        unpack_vec8<T>(v_raw[t], v_f[t]);
+      }
+    }
+    FA_UNROLL
+    for (int i = 0; i < kGroup; ++i) {
+      if (i >= n_heads) break;  // uniform across the block: every lane skips together
+      float s[kTile];
+      float tile_max = kNegInf;
+      FA_UNROLL
+      for (int t = 0; t < kTile; ++t) {
+        float dot = 0.f;
+        FA_UNROLL
+        for (int e = 0; e < kDecodeVec; ++e) dot += q[i][e] * k_f[t][e];
+        // Sum over the row's lanes; xor masks below kLanes stay inside the group.
+        FA_UNROLL
+        for (int m = kLanes / 2; m >= 1; m /= 2) dot += dev::shfl_xor(dot, m);
+        s[t] = valid[t] ? apply_softcap(dot, p.softcap) : kNegInf;
+        tile_max = fmaxf(tile_max, s[t]);
+      }
+      const float alpha = state[i].rescale(tile_max);
+      FA_UNROLL
+      for (int e = 0; e < kDecodeVec; ++e) acc_o[i][e] *= alpha;
+      FA_UNROLL
+      for (int t = 0; t < kTile; ++t) {
+        // Masked rows give probability 0 and their V registers are zeros: no NaN.
+        const float pr = state[i].prob(s[t]);
+        state[i].add(pr);
+        FA_UNROLL
+        for (int e = 0; e < kDecodeVec; ++e) acc_o[i][e] += pr * v_f[t][e];
+      }
+    }
+  }
+
+  // Merge the thread groups of the warp (same columns, different keys): butterfly over
+  // the group index, so every group ends with the warp's state.
+  FA_UNROLL
+  for (int i = 0; i < kGroup; ++i) {
+    if (i >= n_heads) break;
+    FA_UNROLL
+    for (int m = kLanes; m < 32; m *= 2) {
+      const float other_max = dev::shfl_xor(state[i].row_max, m);
+      const float other_sum = dev::shfl_xor(state[i].row_sum, m);
+      const float alpha = state[i].rescale(other_max);
+      const float beta = state[i].prob(other_max);
+      state[i].add(beta * other_sum);
+      FA_UNROLL
+      for (int e = 0; e < kDecodeVec; ++e) {
+        const float other = dev::shfl_xor(acc_o[i][e], m);
+        acc_o[i][e] = acc_o[i][e] * alpha + other * beta;
+      }
+    }
+  }
+
+  // Merge the warps through shared memory.
+  if (lane < kLanes) {
+    FA_UNROLL
+    for (int i = 0; i < kGroup; ++i) {
+      if (i >= n_heads) break;
+      FA_UNROLL
+      for (int e = 0; e < kDecodeVec; ++e) red_acc[warp][i][c * kDecodeVec + e] = acc_o[i][e];
+      if (c == 0) {
+        red_state[warp][i][0] = state[i].row_max;
+        red_state[warp][i][1] = state[i].row_sum;
+      }
+    }
+  }
+  dev::sync_block();
+
+  // Thread idx finishes columns [8c, 8c + 8) of packed head i: every thread of the block
+  // takes part, heads * kLanes items in all.
+  for (int idx = dev::thread_rank(); idx < n_heads * kLanes; idx += kDecodeThreads) {
+    const int i = idx / kLanes;
+    const int col = (idx % kLanes) * kDecodeVec;
+    if (col >= p.head_dim) continue;
+    OnlineSoftmax st;
+    st.init();
+    float o[kDecodeVec];
+    FA_UNROLL
+    for (int e = 0; e < kDecodeVec; ++e) o[e] = 0.f;
+    FA_UNROLL
+    for (int w = 0; w < kDecodeWarps; ++w) {
+      const float w_max = red_state[w][i][0];
+      const float alpha = st.rescale(w_max);
+      const float beta = st.prob(w_max);
+      st.add(beta * red_state[w][i][1]);
+      FA_UNROLL
+      for (int e = 0; e < kDecodeVec; ++e) o[e] = o[e] * alpha + beta * red_acc[w][i][col + e];
+    }
+    const float inv = st.inv_sum();  // 0 when no key was seen: out 0, lse -inf
+    FA_UNROLL
+    for (int e = 0; e < kDecodeVec; ++e) o[e] *= inv;
+    const int hq = hq0 + i;
+    if (a.num_splits == 1) {
+      T* out = static_cast<T*>(p.o) + o_offset(p, sb, b, 0, hq) + col;
+      store_vals<T, kDecodeVec>(out, o, a.vec16);
+      if (col == 0 && p.lse) p.lse[lse_offset(p, sb, b, 0, hq)] = st.lse();
+    } else {
+      const int64_t part = (int64_t(b) * p.num_heads_q + hq) * a.num_splits + split;
+      float* dst = a.ws_out + part * p.head_dim + col;
+      *reinterpret_cast<dev::float4*>(dst) = dev::float4{o[0], o[1], o[2], o[3]};
+      *reinterpret_cast<dev::float4*>(dst + 4) = dev::float4{o[4], o[5], o[6], o[7]};
+      if (col == 0) a.ws_lse[part] = st.lse();
+    }
+  }
+
+  // Pages below the visible range are never read, but an out-of-range entry there is
+  // still invalid (as on the CPU): the first head chunk of each sequence scans them,
+  // shared out over its splits.
+  if (blockIdx.y == 0) {
+    const int unread_pages = range.lo / p.page_size;
+    for (int pg = split * kDecodeThreads + int(dev::thread_rank()); pg < unread_pages;
+         pg += a.num_splits * kDecodeThreads) {
+      const int32_t page = p.block_table[table_row + pg];
+      if (page < 0 || page >= p.num_pages) report_error(p.error_flag, kErrBlockTable);
+    }
+  }
+}
+
+// Combines the num_splits normalised partials of each (b, head) by their lse.
+template <typename T>
+FA_KERNEL void FA_LAUNCH_BOUNDS(kMergeWarps * 32)
+    decode_merge_kernel(const AttnParams p, const DecodeArgs a) {
+  constexpr int kChunks = kDecodeMaxHeadDim / (32 * 4);  // float4 columns per lane
+  const int64_t row = int64_t(blockIdx.x) * kMergeWarps + dev::warp_id();
+  if (row >= int64_t(p.batch) * p.num_heads_q) return;  // no barrier or collective below
+  const int b = int(row / p.num_heads_q);
+  const int hq = int(row % p.num_heads_q);
+  const int lane = dev::lane_id();
+  const float* lse_s = a.ws_lse + row * a.num_splits;
+  const float* out_s = a.ws_out + row * a.num_splits * p.head_dim;
+
+  // An online softmax over the split lse values: weight exp(lse_s - lse) per split.
+  OnlineSoftmax st;
+  st.init();
+  float acc[kChunks][4];
+  FA_UNROLL
+  for (int r = 0; r < kChunks; ++r)
+    FA_UNROLL
+    for (int e = 0; e < 4; ++e) acc[r][e] = 0.f;
+  for (int s = 0; s < a.num_splits; ++s) {
+    const float l = lse_s[s];
+    if (l == kNegInf) continue;  // empty split: its out is never read
+    const float alpha = st.rescale(l);
+    const float w = st.prob(l);
+    st.add(w);
+    FA_UNROLL
+    for (int r = 0; r < kChunks; ++r) {
+      const int col = (r * 32 + lane) * 4;
+      if (col >= p.head_dim) break;
+      const dev::float4 x =
+          *reinterpret_cast<const dev::float4*>(out_s + int64_t(s) * p.head_dim + col);
+      acc[r][0] = acc[r][0] * alpha + w * x.x;
+      acc[r][1] = acc[r][1] * alpha + w * x.y;
+      acc[r][2] = acc[r][2] * alpha + w * x.z;
+      acc[r][3] = acc[r][3] * alpha + w * x.w;
+    }
+  }
+  const float inv = st.inv_sum();
+  const SeqBounds sb = seq_bounds(p, b);
+  T* out = static_cast<T*>(p.o) + o_offset(p, sb, b, 0, hq);
+  FA_UNROLL
+  for (int r = 0; r < kChunks; ++r) {
+    const int col = (r * 32 + lane) * 4;
+    if (col >= p.head_dim) break;
+    float o[4];
+    FA_UNROLL
+    for (int e = 0; e < 4; ++e) o[e] = acc[r][e] * inv;
+    store_vals<T, 4>(out + col, o, a.vec16);
+  }
+  if (lane == 0 && p.lse) p.lse[lse_offset(p, sb, b, 0, hq)] = st.lse();
+}
+
+// 16-byte accesses need 16-byte aligned bases and strides that are multiples of 8
+// elements (D itself is a multiple of 8).
+template <typename T>
+bool decode_vectorizable(const AttnParams& p) {
+  constexpr int kVec = 16 / sizeof(T);
+  auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  const int64_t strides[] = {p.q_batch_stride, p.q_head_stride, p.k_batch_stride,
+                             p.k_row_stride,   p.k_head_stride, p.v_batch_stride,
+                             p.v_row_stride,   p.v_head_stride, p.o_batch_stride,
+                             p.o_head_stride};
+  for (int64_t s : strides)
+    if (s % kVec != 0) return false;
+  return aligned(p.q) && aligned(p.k) && aligned(p.v) && aligned(p.o);
+}
+
+template <typename T, int kHeadDim, int kGroup>
+void launch_paged_decode_group(const AttnParams& p, const DecodeArgs& a, void* stream) {
+  const DecodeHeads h = decode_heads(p);
+  const dev::LaunchConfig cfg{
+      dev::dim3(unsigned(p.batch), unsigned(p.num_heads_k * h.head_chunks),
+                unsigned(a.num_splits)),
+      dev::dim3(kDecodeThreads), 0, static_cast<dev::stream_t>(stream)};
+  dev::launch(paged_decode_kernel<T, kHeadDim, kGroup>, cfg, p, a);
+}
+
+template <typename T, int kHeadDim>
+void launch_paged_decode_dim(const AttnParams& p, const DecodeArgs& a, void* stream) {
+  switch (decode_heads(p).kernel_group) {
+    case 1: return launch_paged_decode_group<T, kHeadDim, 1>(p, a, stream);
+    case 2: return launch_paged_decode_group<T, kHeadDim, 2>(p, a, stream);
+    case 4: return launch_paged_decode_group<T, kHeadDim, 4>(p, a, stream);
+    case 8: return launch_paged_decode_group<T, kHeadDim, 8>(p, a, stream);
+  }
+  throw std::invalid_argument("fastattn paged decode: unsupported packed head count " +
+                              std::to_string(decode_heads(p).kernel_group));
+}
+
+// workspace: decode_workspace_floats_for(p, num_splits) floats, or null when
+// num_splits == 1.
+template <typename T>
+void launch_paged_decode(const AttnParams& p, float* workspace, int num_splits, void* stream) {
+  if (p.batch == 0 || p.num_heads_q == 0) return;
+  if (p.head_dim <= 0 || p.head_dim % kDecodeVec != 0 || p.head_dim > kDecodeMaxHeadDim) {
+    throw std::invalid_argument("fastattn paged decode: head_dim = " +
+                                std::to_string(p.head_dim) +
+                                " unsupported; expected a multiple of 8 up to 256");
+  }
+  if (p.num_heads_k <= 0 || p.num_heads_q % p.num_heads_k != 0) {
+    throw std::invalid_argument("fastattn paged decode: num_heads_q = " +
+                                std::to_string(p.num_heads_q) +
+                                " is not a multiple of num_heads_k = " +
+                                std::to_string(p.num_heads_k));
+  }
+  if (num_splits < 1 || (num_splits > 1 && !workspace)) {
+    throw std::invalid_argument("fastattn paged decode: num_splits = " +
+                                std::to_string(num_splits) + " needs a workspace of " +
+                                std::to_string(decode_workspace_floats_for(p, num_splits)) +
+                                " floats");
+  }
+  const DecodeHeads h = decode_heads(p);
+  DecodeArgs a;
+  a.num_splits = num_splits;
+  a.ws_out = num_splits > 1 ? workspace : nullptr;
+  a.ws_lse = num_splits > 1
+                 ? workspace + int64_t(p.batch) * p.num_heads_q * num_splits * p.head_dim
+                 : nullptr;
+  a.group = h.group;
+  a.head_chunks = h.head_chunks;
+  a.heads_per_chunk = h.heads_per_chunk;
+  a.vec16 = decode_vectorizable<T>(p);
+
+  if (p.head_dim <= 64) {
+    launch_paged_decode_dim<T, 64>(p, a, stream);
+  } else if (p.head_dim <= 128) {
+    launch_paged_decode_dim<T, 128>(p, a, stream);
+  } else {
+    launch_paged_decode_dim<T, 256>(p, a, stream);
+  }
+  if (num_splits > 1) {
+    const int64_t rows = int64_t(p.batch) * p.num_heads_q;
+    const dev::LaunchConfig cfg{dev::dim3(unsigned((rows + kMergeWarps - 1) / kMergeWarps)),
+                                dev::dim3(kMergeWarps * 32), 0,
+                                static_cast<dev::stream_t>(stream)};
+    dev::launch(decode_merge_kernel<T>, cfg, p, a);
+  }
+}
+
+}  // namespace fastattn::kernels

@@ -1,0 +1,3 @@
+// merge_attention_states compiled for the CPU emulation (fastattn._emu_ops).
+#define FASTATTN_EMULATION 1
+#include "cuda/merge.cu"

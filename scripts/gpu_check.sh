@@ -1,0 +1,273 @@
+#!/usr/bin/env bash
+# The one command for a lent GPU (an H200 here): build, then check and time the CUDA kernels.
+#
+#   scripts/gpu_check.sh               on the GPU machine, from the repository root
+#   scripts/gpu_check.sh --build-only  the build step alone: runs without a GPU, to prove
+#                                      the build before device time is spent
+#
+# Steps, each under its own `timeout`, each recorded as ok / FAILED / skipped; a failure
+# does not stop the script (only a failed build skips the steps that need it), and the exit
+# status is non-zero when any step failed:
+#   build       pip install --no-build-isolation -e . with FASTATTN_EMU=ON (so the primitive
+#               tests can compare the emulation with the GPU), TORCH_CUDA_ARCH_LIST=9.0a
+#               (the H200's own code only: half the nvcc work of "8.0;9.0a"), into
+#               build/gpu_check/<wheel tag>
+#   primitives  tests/test_primitives.py (the emulation against the GPU, primitive by primitive)
+#   parity      the parity suite's cuda cases (pytest -k cuda)
+#   memcheck    compute-sanitizer --tool memcheck on scripts/gpu_sanitize_case.py
+#   racecheck   compute-sanitizer --tool racecheck on the same cases
+#   bench       python -m fastattn.bench --device cuda --quick, then (bench-default, optional:
+#               running out of time there fails nothing) the default prefill and decode
+#               shapes when time is left
+# The whole run stays inside GPU_CHECK_BUDGET_S (default 450 s, under the 8 minutes a run
+# may take): a step's timeout is the smaller of its own cap and the time left.
+#
+# Output goes to $OUT when set (the device tool's folder), else ./gpu_check_out: summary.md
+# (GPU, driver, torch, commit, per-step result and time, headline figures), one log per
+# step, and bench.json; 8 files at most, as the device tool returns no more.
+#
+# Environment: PYTHON (default: python3, or .venv/bin/python where it exists),
+# GPU_CHECK_ARCHS (TORCH_CUDA_ARCH_LIST of the build; default 9.0a on the GPU, and the
+# project's default "8.0;9.0a" with --build-only, so that the .venv it installs into keeps
+# both), GPU_CHECK_BUDGET_S, GPU_CHECK_COMMIT (the commit to report where the copy of the
+# tree has no .git).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+BUILD_ONLY=0
+case "${1:-}" in
+  --build-only) BUILD_ONLY=1 ;;
+  "") ;;
+  -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+  *) echo "gpu_check: unknown argument $1" >&2; exit 2 ;;
+esac
+
+OUT_DIR=${OUT:-./gpu_check_out}
+mkdir -p "$OUT_DIR"
+OUT_DIR=$(cd "$OUT_DIR" && pwd)
+SUMMARY="$OUT_DIR/summary.md"
+
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=$(pwd)/.venv/bin/python; else PYTHON=python3; fi
+fi
+export PYTHONUNBUFFERED=1
+export FASTATTN_REQUIRE_EMU=1
+
+BUDGET=${GPU_CHECK_BUDGET_S:-450}
+T0=$(date +%s)
+RESERVE=10  # seconds kept for the summary
+
+if [ -n "${GPU_CHECK_ARCHS:-}" ]; then
+  ARCHS=$GPU_CHECK_ARCHS
+elif [ "$BUILD_ONLY" = 1 ]; then
+  ARCHS=${TORCH_CUDA_ARCH_LIST:-8.0;9.0a}
+else
+  ARCHS=9.0a
+fi
+
+# ---- facts for the summary -------------------------------------------------------------------
+commit=${GPU_CHECK_COMMIT:-}
+if [ -z "$commit" ]; then
+  commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+  if [ "$commit" != unknown ] && [ -n "$(git status --porcelain 2>/dev/null | head -1)" ]; then
+    commit="$commit (dirty)"
+  fi
+fi
+# A fingerprint of the sources, so a result can be matched to a tree without .git.
+tree_hash=$(find csrc python/fastattn cmake scripts tests CMakeLists.txt pyproject.toml -type f \
+              \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.py' \
+                 -o -name '*.cmake' -o -name '*.txt' -o -name '*.toml' -o -name '*.sh' \) \
+              -not -path '*/__pycache__/*' -print0 2>/dev/null | sort -z | xargs -0 sha256sum |
+            sha256sum | cut -c1-12)
+gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null |
+      head -1)
+[ -n "$gpu" ] || gpu="none (nvidia-smi absent or no GPU)"
+torch_info=$("$PYTHON" -c "import torch; print(torch.__version__, 'CUDA', torch.version.cuda, \
+'- GPU visible:', torch.cuda.is_available())" 2>&1 | tail -1 | tr '|' '/')
+nvcc_version=$( (/usr/local/cuda/bin/nvcc --version 2>/dev/null || nvcc --version 2>/dev/null) |
+               grep -o 'release [0-9.]*' | head -1)
+SANITIZER=$(command -v compute-sanitizer 2>/dev/null || true)
+[ -n "$SANITIZER" ] || { [ -x /usr/local/cuda/bin/compute-sanitizer ] &&
+                         SANITIZER=/usr/local/cuda/bin/compute-sanitizer; }
+
+# ---- step runner -------------------------------------------------------------------------------
+STEPS=()     # "name|result|seconds|note"
+FAILED=0
+
+left() { echo $(( BUDGET - ($(date +%s) - T0) - RESERVE )); }
+
+# run_step NAME CAP LOG CMD...: CMD under timeout min(CAP, time left), output to LOG.
+run_step() {
+  local name=$1 cap=$2 log=$3; shift 3
+  local t
+  t=$(left)
+  [ "$t" -gt "$cap" ] && t=$cap
+  if [ "$t" -lt 15 ]; then
+    STEPS+=("$name|skipped|0|no time left in the ${BUDGET}s budget")
+    echo "== $name: skipped (no time left)"
+    return 0
+  fi
+  echo "== $name (timeout ${t}s) -> $(basename "$log")"
+  local s=$(date +%s) rc
+  { echo "\$ $*"; echo; } >>"$log"
+  timeout --kill-after=10 "$t" "$@" >>"$log" 2>&1
+  rc=$?
+  local d=$(( $(date +%s) - s ))
+  local note=""
+  [ "$rc" = 124 ] || [ "$rc" = 137 ] && note="timed out after ${t}s"
+  [ -z "$note" ] && [ "$rc" != 0 ] && note="exit $rc"
+  # pytest's last line ("N passed, M failed in Xs") says more than an exit status.
+  local counts
+  counts=$(grep -E '[0-9]+ (passed|failed|error)' "$log" | tail -1 | sed 's/=//g; s/^ *//; s/ *$//')
+  [ -n "$counts" ] && note="${note:+$note; }$counts"
+  if [ "$rc" = 0 ]; then
+    STEPS+=("$name|ok|$d|$note")
+    echo "   ok (${d}s) $note"
+  elif [ "${OPTIONAL_STEP:-0}" = 1 ] && { [ "$rc" = 124 ] || [ "$rc" = 137 ]; }; then
+    # An extra that ran out of time: what it printed is kept, and it fails nothing.
+    STEPS+=("$name|incomplete|$d|$note (optional step)")
+    echo "   incomplete (${d}s) $note"
+  else
+    STEPS+=("$name|FAILED|$d|$note")
+    FAILED=1
+    echo "   FAILED (${d}s) $note; tail of $(basename "$log"):"
+    tail -15 "$log" | sed 's/^/     /'
+  fi
+  return "$rc"
+}
+
+skip_step() {  # NAME REASON
+  STEPS+=("$1|skipped|0|$2")
+  echo "== $1: skipped ($2)"
+}
+
+write_summary() {
+  {
+    echo "# fastattn GPU check"
+    echo
+    echo "| | |"
+    echo "| --- | --- |"
+    echo "| date | $(date -u '+%Y-%m-%d %H:%M UTC') |"
+    echo "| mode | $([ "$BUILD_ONLY" = 1 ] && echo 'build only' || echo full) |"
+    echo "| GPU (name, driver, memory) | $gpu |"
+    echo "| torch | $torch_info |"
+    echo "| nvcc | ${nvcc_version:-not found} |"
+    echo "| CPU cores | $(nproc) |"
+    echo "| commit | $commit |"
+    echo "| source hash | $tree_hash |"
+    echo "| TORCH_CUDA_ARCH_LIST | $ARCHS |"
+    echo "| total | $(( $(date +%s) - T0 )) s of a ${BUDGET} s budget |"
+    echo
+    echo "| step | result | seconds | note |"
+    echo "| --- | --- | --- | --- |"
+    local s
+    for s in "${STEPS[@]}"; do
+      IFS='|' read -r n r d note <<<"$s"
+      echo "| $n | $r | $d | $note |"
+    done
+    if [ -s "$OUT_DIR/bench.log" ]; then
+      echo
+      echo "## Headline figures (python -m fastattn.bench)"
+      echo
+      echo '```'
+      # The header, peak and table lines of each run; not the per-peer notes.
+      grep -E '^(fastattn [0-9]|peaks:|suite |---|prefill |cross |varlen |decode |extend |append |total )' \
+        "$OUT_DIR/bench.log" | grep -v '^---' | head -80
+      echo '```'
+    fi
+    local lg
+    for lg in memcheck racecheck; do
+      if [ -s "$OUT_DIR/$lg.log" ]; then
+        echo
+        echo "## $lg"
+        echo
+        echo '```'
+        grep -E '^(prefill|decode|extend|append|merge|failed cases):|ERROR SUMMARY|RACECHECK SUMMARY|Invalid|Race|Hazard' \
+          "$OUT_DIR/$lg.log" | head -20
+        echo '```'
+      fi
+    done
+  } >"$SUMMARY"
+}
+
+# ---- steps -------------------------------------------------------------------------------------
+echo "gpu_check: $([ "$BUILD_ONLY" = 1 ] && echo 'build only' || echo 'full run'); GPU: $gpu;" \
+     "torch $torch_info; archs $ARCHS; output in $OUT_DIR; budget ${BUDGET}s"
+rm -f "$OUT_DIR"/{build,primitives,parity,memcheck,racecheck,bench}.log "$OUT_DIR/bench.json"
+
+# build: the same pip command as `make build`, into its own build directory (a fresh one on the
+# GPU machine; here it leaves the everyday build directory alone). --no-index: there is no
+# network there, and nothing needs fetching with --no-deps --no-build-isolation.
+BUILD_CAP=${GPU_CHECK_BUILD_CAP_S:-300}
+if [ "$BUILD_ONLY" = 1 ]; then BUILD_CAP=${GPU_CHECK_BUILD_CAP_S:-1800}; BUDGET=$((BUILD_CAP + 60)); fi
+build_ok=0
+if run_step build "$BUILD_CAP" "$OUT_DIR/build.log" \
+     env FASTATTN_EMU=ON TORCH_CUDA_ARCH_LIST="$ARCHS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+     "$PYTHON" -m pip install --no-build-isolation --no-deps --no-index -v -e . \
+       -C "build-dir=build/gpu_check/{wheel_tag}"; then
+  # The module must import and carry the CUDA kernels for the archs asked for.
+  if "$PYTHON" -c "
+import sys, fastattn
+info = fastattn.build_info()
+print('build_info:', info)
+sys.exit(0 if info.get('cuda') else 'built without the CUDA kernels')" >>"$OUT_DIR/build.log" 2>&1; then
+    build_ok=1
+  else
+    IFS='|' read -r _ _ secs _ <<<"${STEPS[-1]}"
+    STEPS[-1]="build|FAILED|$secs|fastattn imports without the CUDA kernels (see build.log)"
+    FAILED=1
+  fi
+fi
+
+if [ "$BUILD_ONLY" = 1 ]; then
+  write_summary
+  cat "$SUMMARY"
+  exit "$FAILED"
+fi
+
+GPU_OK=$("$PYTHON" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
+
+if [ "$build_ok" != 1 ]; then
+  for s in primitives parity memcheck racecheck bench; do skip_step "$s" "build failed"; done
+elif [ "$GPU_OK" != 1 ]; then
+  for s in primitives parity memcheck racecheck bench; do skip_step "$s" "torch sees no GPU"; done
+  FAILED=1
+else
+  run_step primitives 60 "$OUT_DIR/primitives.log" \
+    "$PYTHON" -m pytest -q -rfE -p no:cacheprovider tests/test_primitives.py
+
+  run_step parity 150 "$OUT_DIR/parity.log" \
+    "$PYTHON" -m pytest -q -rfE -p no:cacheprovider -k cuda --ignore=tests/test_primitives.py tests
+
+  if [ -z "$SANITIZER" ]; then
+    skip_step memcheck "compute-sanitizer not found"
+    skip_step racecheck "compute-sanitizer not found"
+    FAILED=1
+  else
+    # Instrument fastattn's kernels only (much faster), where this sanitizer can filter.
+    filter=()
+    "$SANITIZER" --help 2>/dev/null | grep -q -- '--kernel-name' && filter=(--kernel-name kns=fastattn)
+    for tool in memcheck racecheck; do
+      run_step "$tool" 75 "$OUT_DIR/$tool.log" \
+        env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+        "$SANITIZER" --tool "$tool" --error-exitcode 99 "${filter[@]}" \
+        "$PYTHON" scripts/gpu_sanitize_case.py
+    done
+  fi
+
+  if run_step bench 90 "$OUT_DIR/bench.log" \
+       "$PYTHON" -m fastattn.bench --device cuda --quick --json "$OUT_DIR/bench.json"; then
+    # Default (large) shapes of the two headline suites, when time is left.
+    if [ "$(left)" -ge 60 ]; then
+      OPTIONAL_STEP=1 run_step bench-default 60 "$OUT_DIR/bench.log" \
+        "$PYTHON" -m fastattn.bench --device cuda prefill decode
+    else
+      skip_step bench-default "no time left"
+    fi
+  fi
+fi
+
+write_summary
+echo
+cat "$SUMMARY"
+exit "$FAILED"
