@@ -1,0 +1,16 @@
+// fastattn::kernels::attention_fwd for the emulation build (test-only fastattn._emu_ops): the
+// kernel source of csrc/cuda/kernels/attention_fwd.cuh compiled by the host compiler against
+// the emulated device layer, behind the same dispatch as the nvcc build.
+#ifndef FASTATTN_EMULATION
+#define FASTATTN_EMULATION 1
+#endif
+#include "cuda/kernels/attention_fwd.cuh"
+#include "cuda/kernels/attention_fwd_dispatch.h"
+
+namespace fastattn::kernels {
+
+void attention_fwd(const AttnParams& p, DType dtype, void* stream) {
+  dispatch_attention_fwd(p, dtype, stream);
+}
+
+}  // namespace fastattn::kernels
