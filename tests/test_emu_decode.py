@@ -27,15 +27,9 @@ import torch
 
 from fastattn.reference import ref_paged_attention
 
-from conftest import PagedKV, assert_matches_reference, dtype_id, randn
+from conftest import (assert_matches_reference, dtype_id, import_emu_ops, PagedKV, randn)
 
-try:
-    from fastattn import _emu_ops
-except ImportError:
-    if os.environ.get("FASTATTN_REQUIRE_EMU") == "1":
-        raise
-    pytest.skip("fastattn._emu_ops not built (make build, or configure with -DFASTATTN_EMU=ON)",
-                allow_module_level=True)
+_emu_ops = import_emu_ops()
 
 EMU = torch.ops.fastattn_emu
 F16, BF16 = torch.float16, torch.bfloat16

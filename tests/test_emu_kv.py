@@ -23,15 +23,10 @@ import torch
 import fastattn
 from fastattn.reference import ref_append_kv, ref_attention, ref_merge_attention_states
 
-from conftest import assert_close_to_ref, dtype_id, is_nan_bitwise_equal, nan_tensor, randn
+from conftest import (assert_close_to_ref, dtype_id, import_emu_ops, is_nan_bitwise_equal,
+                      nan_tensor, randn)
 
-try:
-    from fastattn import _emu_ops
-except ImportError:
-    if os.environ.get("FASTATTN_REQUIRE_EMU") == "1":
-        raise
-    pytest.skip("fastattn._emu_ops not built (make build, or configure with -DFASTATTN_EMU=ON)",
-                allow_module_level=True)
+_emu_ops = import_emu_ops()
 
 EMU = torch.ops.fastattn_emu
 CPU = torch.ops.fastattn

@@ -137,10 +137,36 @@ struct Launch {
 
 #endif
 
-TensorPair attention_k(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+// The tensor-core kernel copies 16-byte chunks (cp.async): every row it reads must
+// start on a 16-byte boundary.
+bool rows_aligned_16(const at::Tensor& t) {
+  const int64_t vec = 16 / t.element_size();
+  if (reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 != 0) return false;
+  for (int64_t d = 0; d + 1 < t.dim(); ++d)
+    if (t.size(d) > 1 && t.stride(d) % vec != 0) return false;
+  return t.size(-1) % vec == 0;
+}
+
+// q, k, v of dense and varlen calls: a misaligned view (e.g. sliced at an odd
+// offset) is copied, which costs a copy but keeps any valid input working.
+at::Tensor aligned_16(const at::Tensor& t) {
+  return rows_aligned_16(t) ? t : t.clone(at::MemoryFormat::Contiguous);
+}
+
+// The paged cache is never copied: it must be aligned.
+void check_cache_aligned(const at::Tensor& cache, const char* name) {
+  TORCH_CHECK_VALUE(rows_aligned_16(cache), name,
+                    ": the CUDA extend kernel needs 16-byte aligned rows (data pointer and "
+                    "strides multiples of 16 bytes); got strides ", cache.strides(),
+                    " and a data pointer offset by ",
+                    reinterpret_cast<uintptr_t>(cache.data_ptr()) % 16, " bytes");
+}
+
+TensorPair attention_k(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                        const std::optional<at::Tensor>& kv_lens, double softmax_scale,
                        bool causal, int64_t window_left, int64_t window_right, double softcap) {
-  Launch launch(q);
+  Launch launch(q_in);
+  const at::Tensor q = aligned_16(q_in), k = aligned_16(k_in), v = aligned_16(v_in);
   auto [out, lse] = alloc_out_lse(q);
   if (q.numel() == 0) return {out, lse};
   AttnParams p = make_dense_params(q, k, v, kv_lens, out, lse, softmax_scale, causal,
@@ -151,12 +177,13 @@ TensorPair attention_k(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   return {out, lse};
 }
 
-TensorPair attention_varlen_k(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                              const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k,
-                              int64_t max_seqlen_q, int64_t max_seqlen_k, double softmax_scale,
-                              bool causal, int64_t window_left, int64_t window_right,
-                              double softcap) {
-  Launch launch(q);
+TensorPair attention_varlen_k(const at::Tensor& q_in, const at::Tensor& k_in,
+                              const at::Tensor& v_in, const at::Tensor& cu_seqlens_q,
+                              const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
+                              int64_t max_seqlen_k, double softmax_scale, bool causal,
+                              int64_t window_left, int64_t window_right, double softcap) {
+  Launch launch(q_in);
+  const at::Tensor q = aligned_16(q_in), k = aligned_16(k_in), v = aligned_16(v_in);
   auto [out, lse] = alloc_out_lse(q);
   if (q.numel() == 0 || cu_seqlens_q.size(0) < 2) return {out, lse};
   AttnParams p = make_varlen_params(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
@@ -168,13 +195,19 @@ TensorPair attention_varlen_k(const at::Tensor& q, const at::Tensor& k, const at
   return {out, lse};
 }
 
-TensorPair paged_attention_k(const at::Tensor& q, const at::Tensor& k_cache,
+TensorPair paged_attention_k(const at::Tensor& q_in, const at::Tensor& k_cache,
                              const at::Tensor& v_cache, const at::Tensor& block_table,
                              const at::Tensor& seq_lens,
                              const std::optional<at::Tensor>& cu_seqlens_q, int64_t max_seqlen_q,
                              double softmax_scale, bool causal, int64_t window_left,
                              int64_t window_right, double softcap) {
-  Launch launch(q);
+  Launch launch(q_in);
+  // Decode reads unaligned rows with scalar loads; extend runs the tensor-core kernel.
+  const at::Tensor q = cu_seqlens_q.has_value() ? aligned_16(q_in) : q_in;
+  if (cu_seqlens_q.has_value()) {
+    check_cache_aligned(k_cache, "k_cache");
+    check_cache_aligned(v_cache, "v_cache");
+  }
   auto [out, lse] = alloc_out_lse(q);
   if (q.numel() == 0 || block_table.size(0) == 0) return {out, lse};
   AttnParams p = make_paged_params(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q,
