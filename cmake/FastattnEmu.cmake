@@ -82,7 +82,6 @@ pybind11_add_module(_emu_ops MODULE
   "${_fa_emu_root}/csrc/emu/ops_module.cpp"
   "${_fa_emu_root}/csrc/emu/ops_emu.cpp"
   "${_fa_emu_root}/csrc/ops/params.cpp"
-  "${_fa_emu_root}/csrc/ops/kernels_pending.cpp"
   ${_fa_emu_kernels})
 target_include_directories(_emu_ops PRIVATE "${_fa_emu_root}/csrc/include" "${_fa_emu_root}/csrc")
 target_link_libraries(_emu_ops PRIVATE torch fastattn_emu_runtime)
