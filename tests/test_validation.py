@@ -702,8 +702,8 @@ VALUE_CASES = [
          r"cu_seqlens_q \(3\)", id="varlen-max_seqlen_q_small", max_seqlen_q=2),
     case("attention_varlen", ValueError, r"^max_seqlen_k: 3 is smaller than the longest sequence in "
          r"cu_seqlens_k \(4\)", id="varlen-max_seqlen_k_small", max_seqlen_k=3),
-    case("attention_varlen", ValueError, r"^max_seqlen_q: 0 is smaller",
-         id="varlen-max_seqlen_q_zero", max_seqlen_q=0),
+    case("attention_varlen", ValueError, r"^max_seqlen_q: 0, but q has 5 tokens, so some sequence "
+         r"is longer", id="varlen-max_seqlen_q_zero", max_seqlen_q=0),
     # paged
     case("paged-decode", ValueError, r"^seq_lens: seq_lens\[0\] = -1 is outside \[0, max_pages \* "
          r"page_size = 6\]", id="paged-decode-seq_lens_negative", seq_lens=i32([-1, 4])),
@@ -860,3 +860,51 @@ def test_rejections_do_not_poison_later_calls():
             call(form, **changes)
     for form in FORMS:
         assert_still_works(form)
+
+
+# ---------------------------------------------------------------------------------------
+# Degenerate shapes, and direct op calls that skip the Python checks
+# ---------------------------------------------------------------------------------------
+
+def test_zero_query_heads_rejected():
+    with pytest.raises(ValueError, match=r"^q: expected at least one query head, got Hq = 0$"):
+        fastattn.attention(r(1, 4, 0, 8), r(1, 4, 1, 8), r(1, 4, 1, 8))
+
+
+def test_varlen_no_sequences_but_tokens_rejected():
+    with pytest.raises(ValueError, match=r"^cu_seqlens_q: shape \[1\] means B = 0 sequences"):
+        fastattn.attention_varlen(r(3, 2, 8), r(3, 2, 8), r(3, 2, 8), i32([0]), i32([0]), 3, 3)
+
+
+@pytest.mark.parametrize("name", ["max_seqlen_q", "max_seqlen_k"])
+def test_varlen_max_seqlen_zero_with_tokens_rejected(name):
+    args = dict(max_seqlen_q=3, max_seqlen_k=3)
+    args[name] = 0
+    with pytest.raises(ValueError, match=rf"^{name}: 0, but [qk] has 3 tokens"):
+        fastattn.attention_varlen(r(3, 2, 8), r(3, 2, 8), r(3, 2, 8), i32([0, 3]), i32([0, 3]),
+                                  **args)
+
+
+def test_paged_keys_per_sequence_beyond_int32_rejected():
+    cache = r(1, 1, 1, 8).expand(1, 2**31, 1, 8)
+    with pytest.raises(ValueError, match=r"^block_table: max_pages \* page_size"):
+        fastattn.paged_attention(r(1, 2, 8), cache, cache, i32([[0]]), i32([5]))
+
+
+def test_direct_op_short_index_tensors_rejected():
+    """torch.ops.fastattn.* can be called without the Python layer: index tensors shorter
+    than the batch must still be rejected, never read out of bounds."""
+    q = r(4, 3, 2, 8)
+    with pytest.raises(ValueError, match=r"^kv_lens: expected a contiguous tensor of shape \[B\]"):
+        torch.ops.fastattn.attention(q, q, q, i32([1]), 0.3, False, -1, -1, 0.0)
+    with pytest.raises(ValueError, match=r"^cu_seqlens_q: expected shape \[B \+ 1\] with at least"):
+        torch.ops.fastattn.attention_varlen(r(3, 2, 8), r(3, 2, 8), r(3, 2, 8), i32([]),
+                                            i32([]), 3, 3, 0.3, False, -1, -1, 0.0)
+    with pytest.raises(ValueError, match=r"^seq_lens: expected a contiguous tensor of shape \[B\]"):
+        torch.ops.fastattn.paged_attention(r(2, 2, 8), r(4, 4, 1, 8), r(4, 4, 1, 8),
+                                           i32([[0], [1]]), i32([1]), None, 1, 0.3, True,
+                                           -1, -1, 0.0)
+    with pytest.raises(ValueError, match=r"^slot_mapping: expected a contiguous tensor of shape \[T\]"):
+        torch.ops.fastattn.append_kv(r(4, 4, 1, 8), r(4, 4, 1, 8), r(3, 1, 8), r(3, 1, 8),
+                                     torch.tensor([0], dtype=torch.int64))
+    assert_still_works("attention")

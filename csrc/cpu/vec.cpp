@@ -177,12 +177,6 @@ void pv_rows(const float* p, int64_t ldp, int rows, int n, const float* v, int64
   pv_rows_generic(p, ldp, rows, n, v, ldv, D, acc);
 }
 
-FA_MULTIVERSION float dot(const float* a, const float* b, int n) { return dot_inline(a, b, n); }
-
-FA_MULTIVERSION void axpy(float a, const float* x, float* y, int n) {
-  for (int i = 0; i < n; ++i) y[i] += a * x[i];
-}
-
 FA_MULTIVERSION void scale(float* x, float a, int n) {
   for (int i = 0; i < n; ++i) x[i] *= a;
 }

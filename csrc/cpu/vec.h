@@ -6,10 +6,6 @@
 
 namespace fastattn::cpu::vec {
 
-// sum_i a[i] * b[i]
-float dot(const float* a, const float* b, int n);
-// y += a * x
-void axpy(float a, const float* x, float* y, int n);
 // x *= a
 void scale(float* x, float a, int n);
 // Sets x[j] = -inf outside [lo, hi) and returns the max over [lo, hi)

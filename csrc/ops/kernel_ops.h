@@ -165,6 +165,7 @@ void check_cache_aligned(const at::Tensor& cache, const char* name) {
 TensorPair attention_k(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                        const std::optional<at::Tensor>& kv_lens, double softmax_scale,
                        bool causal, int64_t window_left, int64_t window_right, double softcap) {
+  check_dense_indices(q_in, kv_lens);
   Launch launch(q_in);
   const at::Tensor q = aligned_16(q_in), k = aligned_16(k_in), v = aligned_16(v_in);
   auto [out, lse] = alloc_out_lse(q);
@@ -182,10 +183,11 @@ TensorPair attention_varlen_k(const at::Tensor& q_in, const at::Tensor& k_in,
                               const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
                               int64_t max_seqlen_k, double softmax_scale, bool causal,
                               int64_t window_left, int64_t window_right, double softcap) {
+  check_varlen_indices(q_in, k_in, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k);
   Launch launch(q_in);
   const at::Tensor q = aligned_16(q_in), k = aligned_16(k_in), v = aligned_16(v_in);
   auto [out, lse] = alloc_out_lse(q);
-  if (q.numel() == 0 || cu_seqlens_q.size(0) < 2) return {out, lse};
+  if (q.numel() == 0) return {out, lse};
   AttnParams p = make_varlen_params(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                     max_seqlen_k, out, lse, softmax_scale, causal, window_left,
                                     window_right, softcap);
@@ -201,6 +203,7 @@ TensorPair paged_attention_k(const at::Tensor& q_in, const at::Tensor& k_cache,
                              const std::optional<at::Tensor>& cu_seqlens_q, int64_t max_seqlen_q,
                              double softmax_scale, bool causal, int64_t window_left,
                              int64_t window_right, double softcap) {
+  check_paged_indices(q_in, block_table, seq_lens, cu_seqlens_q, max_seqlen_q);
   Launch launch(q_in);
   // Decode reads unaligned rows with scalar loads; extend runs the tensor-core kernel.
   const at::Tensor q = cu_seqlens_q.has_value() ? aligned_16(q_in) : q_in;
@@ -232,6 +235,7 @@ TensorPair paged_attention_k(const at::Tensor& q_in, const at::Tensor& k_cache,
 
 void append_kv_k(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& k,
                  const at::Tensor& v, const at::Tensor& slot_mapping) {
+  check_append_indices(k, slot_mapping);
   Launch launch(k_cache);
   if (k.size(0) == 0) return;
   AppendKVParams p = make_append_params(k_cache, v_cache, k, v, slot_mapping);

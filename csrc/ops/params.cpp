@@ -138,6 +138,70 @@ AttnParams make_paged_params(const at::Tensor& q, const at::Tensor& k_cache,
   return p;
 }
 
+// ---- index-tensor shapes (for direct calls of torch.ops.fastattn.*, which skip the
+// Python checks): every kernel indexes these by batch row, so a short one would be
+// read out of bounds.
+
+namespace {
+
+void check_index(const at::Tensor& t, at::ScalarType dtype, int64_t numel, const char* name,
+                 const char* expected) {
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, name, ": expected dtype ", dtype, ", got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.numel() == numel && t.is_contiguous(), name,
+                    ": expected a contiguous tensor of shape ", expected, " = [", numel,
+                    "], got ", t.sizes());
+}
+
+void check_packed(int64_t batch, int64_t total, int64_t max_seqlen, const char* cu_name,
+                  const char* t_name, const char* max_name) {
+  TORCH_CHECK_VALUE(batch > 0 || total == 0, cu_name, ": B = 0 sequences, but ", t_name,
+                    " has ", total, " tokens");
+  TORCH_CHECK_VALUE(max_seqlen > 0 || total == 0, max_name, ": 0, but ", t_name, " has ",
+                    total, " tokens");
+}
+
+}  // namespace
+
+void check_dense_indices(const at::Tensor& q, const std::optional<at::Tensor>& kv_lens) {
+  if (kv_lens.has_value()) check_index(*kv_lens, at::kInt, q.size(0), "kv_lens", "[B]");
+}
+
+void check_varlen_indices(const at::Tensor& q, const at::Tensor& k,
+                          const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k,
+                          int64_t max_seqlen_q, int64_t max_seqlen_k) {
+  TORCH_CHECK_VALUE(cu_seqlens_q.dim() == 1 && cu_seqlens_q.numel() >= 1,
+                    "cu_seqlens_q: expected shape [B + 1] with at least one entry, got ",
+                    cu_seqlens_q.sizes());
+  const int64_t batch = cu_seqlens_q.numel() - 1;
+  check_index(cu_seqlens_q, at::kInt, batch + 1, "cu_seqlens_q", "[B + 1]");
+  check_index(cu_seqlens_k, at::kInt, batch + 1, "cu_seqlens_k", "[B + 1]");
+  check_packed(batch, q.size(0), max_seqlen_q, "cu_seqlens_q", "q", "max_seqlen_q");
+  check_packed(batch, k.size(0), max_seqlen_k, "cu_seqlens_k", "k", "max_seqlen_k");
+}
+
+void check_paged_indices(const at::Tensor& q, const at::Tensor& block_table,
+                         const at::Tensor& seq_lens,
+                         const std::optional<at::Tensor>& cu_seqlens_q, int64_t max_seqlen_q) {
+  TORCH_CHECK_TYPE(block_table.scalar_type() == at::kInt, "block_table: expected dtype int32");
+  TORCH_CHECK_VALUE(block_table.dim() == 2 && (block_table.numel() == 0 || block_table.stride(1) == 1),
+                    "block_table: expected shape [B, max_pages] with contiguous rows, got ",
+                    block_table.sizes());
+  const int64_t batch = block_table.size(0);
+  check_index(seq_lens, at::kInt, batch, "seq_lens", "[B]");
+  if (cu_seqlens_q.has_value()) {
+    check_index(*cu_seqlens_q, at::kInt, batch + 1, "cu_seqlens_q", "[B + 1]");
+    check_packed(batch, q.size(0), max_seqlen_q, "cu_seqlens_q", "q", "max_seqlen_q");
+  } else {
+    TORCH_CHECK_VALUE(q.size(0) == batch, "q: expected shape [B, Hq, D] with B = ", batch,
+                      " (block_table.shape[0]) for decode, got ", q.sizes());
+  }
+}
+
+void check_append_indices(const at::Tensor& k, const at::Tensor& slot_mapping) {
+  check_index(slot_mapping, at::kLong, k.size(0), "slot_mapping", "[T]");
+}
+
 void check_kv_lens_host(const at::Tensor& kv_lens, int64_t seqlen_k) {
   const int32_t* lens = kv_lens.data_ptr<int32_t>();
   for (int64_t b = 0; b < kv_lens.numel(); ++b)

@@ -111,6 +111,8 @@ def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    "[B + 1] (the shape of cu_seqlens_q)", q)
     C.non_negative_int("max_seqlen_q", max_seqlen_q)
     C.non_negative_int("max_seqlen_k", max_seqlen_k)
+    C.packed_lengths("cu_seqlens_q", B, "q", Tq, "max_seqlen_q", max_seqlen_q)
+    C.packed_lengths("cu_seqlens_k", B, "k", Tk, "max_seqlen_k", max_seqlen_k)
     scale, (wl, wr), cap = _check_options(causal, softmax_scale, window_size, softcap, return_lse, D)
     out, lse = _ops.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                      max_seqlen_k, scale, causal, wl, wr, cap)
@@ -153,6 +155,9 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         raise ValueError(f"k_cache: page_size (dim 1) must be >= 1, got shape {C.shape_str(k_cache)}")
     C.gqa("q", Hq, "k_cache", Hk)
     C.tensor("block_table", block_table, 2, "[B, max_pages]")
+    if page_size * block_table.shape[1] > C.INT32_MAX:
+        raise ValueError(f"block_table: max_pages * page_size = {block_table.shape[1]} * {page_size} "
+                         f"exceeds 2**31 - 1 keys per sequence")
     B = block_table.shape[0]
     C.index_tensor("block_table", block_table, torch.int32, (B, block_table.shape[1]),
                    "[B, max_pages]", q)
@@ -169,6 +174,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         C.index_tensor("cu_seqlens_q", cu_seqlens_q, torch.int32, (B + 1,),
                        "[B + 1] (B = block_table.shape[0])", q)
         max_q = q.shape[0] if max_seqlen_q is None else C.non_negative_int("max_seqlen_q", max_seqlen_q)
+        C.packed_lengths("cu_seqlens_q", B, "q", q.shape[0], "max_seqlen_q", max_q)
     scale, (wl, wr), cap = _check_options(causal, softmax_scale, window_size, softcap, return_lse, D)
     out, lse = _ops.paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q,
                                     max_q, scale, causal, wl, wr, cap)
@@ -210,7 +216,9 @@ def merge_attention_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torc
 
     out_a, out_b [..., H, D] (the same shape and dtype); lse_a, lse_b float32
     with shape out.shape[:-1]. Returns (out, lse) equal to attention over the
-    union of the keys. A side with lse -inf (no keys) contributes nothing.
+    union of the keys. A side with lse -inf (no keys) contributes nothing. lse values
+    must be finite or -inf, as fastattn produces them (they are not checked: that would
+    need a device sync); +inf or NaN give NaN.
     """
     C.tensor_min_dims("out_a", out_a, 2, "[..., H, D]")
     C.float_dtype("out_a", out_a)

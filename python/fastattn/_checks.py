@@ -100,6 +100,8 @@ def index_tensor(name: str, t, dtype: torch.dtype, want: Sequence[int], expected
 
 
 def gqa(q_name: str, hq: int, k_name: str, hk: int) -> None:
+    if hq <= 0:
+        raise ValueError(f"{q_name}: expected at least one query head, got Hq = {hq}")
     if hk <= 0 or hq % hk != 0:
         raise ValueError(f"{k_name}: number of KV heads Hk = {hk} must divide the number of query heads "
                          f"Hq = {hq} of {q_name} (GQA/MQA needs Hq % Hk == 0)")
@@ -148,3 +150,14 @@ def boolean(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
     return value
+
+
+def packed_lengths(cu_name: str, batch: int, t_name: str, total: int, max_name: str,
+                   max_seqlen: int) -> None:
+    """Shape-level consistency of packed sequences (the values are checked by the ops)."""
+    if batch == 0 and total > 0:
+        raise ValueError(f"{cu_name}: shape [1] means B = 0 sequences, but {t_name} has {total} "
+                         f"tokens (expected {t_name}.shape[0] = 0)")
+    if max_seqlen == 0 and total > 0:
+        raise ValueError(f"{max_name}: 0, but {t_name} has {total} tokens, so some sequence is "
+                         f"longer; expected at least the longest sequence")
