@@ -57,6 +57,20 @@ inline void to_float(const c10::Half* src, float* dst, int n) {
   vec::f16_to_f32(reinterpret_cast<const uint16_t*>(src), dst, n);
 }
 
+// One row's online-softmax step over a tile of n scores, in place: caps them, masks
+// keys outside [lo, hi), rescales the row's accumulator acc [D] to the new max and
+// replaces the scores by their exponentials, adding their sum to the state.
+inline void softmax_row(float* scores, int n, int lo, int hi, float softcap, OnlineSoftmax& st,
+                        float* acc, int D) {
+  if (softcap > 0.f)
+    for (int j = lo; j < hi; ++j) scores[j] = apply_softcap(scores[j], softcap);
+  const float alpha = st.rescale(vec::mask_max(scores, n, lo, hi));
+  if (alpha != 1.f) vec::scale(acc, alpha, D);
+  // A row that has seen only masked keys keeps max -inf: shift by 0 so that its
+  // scores stay -inf and exponentiate to 0.
+  st.add(vec::exp_sum(scores, st.row_max == kNegInf ? 0.f : st.row_max, n));
+}
+
 struct Workspace {
   std::vector<float> q;    // scaled queries [rows, D]
   std::vector<float> k;    // key tile [N, D]
@@ -208,14 +222,7 @@ class AttentionTile {
       const KeyRange kr = ws_.ranges[r / group_];
       const int lo = std::clamp(kr.lo - n0, 0, n);
       const int hi = std::clamp(kr.hi - n0, lo, n);
-      if (p_.softcap > 0.f)
-        for (int j = lo; j < hi; ++j) sr[j] = apply_softcap(sr[j], p_.softcap);
-      OnlineSoftmax& st = ws_.state[r];
-      const float alpha = st.rescale(vec::mask_max(sr, n, lo, hi));
-      if (alpha != 1.f) vec::scale(&ws_.acc[size_t(r) * D], alpha, D);
-      // Rows that have seen only masked keys keep max -inf: shift by 0 so that
-      // their scores stay -inf and exponentiate to 0.
-      st.add(vec::exp_sum(sr, st.row_max == kNegInf ? 0.f : st.row_max, n));
+      softmax_row(sr, n, lo, hi, p_.softcap, ws_.state[r], &ws_.acc[size_t(r) * D], D);
     }
   }
 
@@ -296,13 +303,7 @@ class DecodeRow {
                                     len, D, &s_[size_t(hk) * group_ * n + j], n);
                    });
       for (int h = 0; h < Hq; ++h) {
-        float* sr = &s_[size_t(h) * n];
-        if (p_.softcap > 0.f)
-          for (int j = 0; j < n; ++j) sr[j] = apply_softcap(sr[j], p_.softcap);
-        OnlineSoftmax& st = state_[h];
-        const float alpha = st.rescale(vec::mask_max(sr, n, 0, n));
-        if (alpha != 1.f) vec::scale(&acc_[size_t(h) * D], alpha, D);
-        st.add(vec::exp_sum(sr, st.row_max == kNegInf ? 0.f : st.row_max, n));
+        softmax_row(&s_[size_t(h) * n], n, 0, n, p_.softcap, state_[h], &acc_[size_t(h) * D], D);
       }
       for_each_run(s, b, n0, n, p_.v, p_.v_batch_stride, v_.data(),
                    [&](const float* rows, int j, int len) {
