@@ -218,3 +218,23 @@ def import_emu_ops():
         pytest.skip("fastattn._emu_ops not built (make build, or configure with -DFASTATTN_EMU=ON)",
                     allow_module_level=True)
     return _emu_ops
+
+
+def default_emu_seed():
+    """The schedule emulated launches use when a test does not choose one."""
+    return int(os.environ.get("FASTATTN_EMU_SEED", "0") or 0)
+
+
+@pytest.fixture(params=["seed0", "seed1", "shuffled"])
+def schedule(request):
+    """Runs the test under each emulation schedule (csrc/emu/README.md): forward and reverse
+    thread order, and a shuffled one seeded from the per-test torch seed; returns the seed."""
+    from fastattn import _emu_ops
+
+    if request.param == "shuffled":
+        seed = 2 + int(torch.randint(0, 2**31 - 3, ()).item())
+    else:
+        seed = int(request.param[-1])
+    _emu_ops.set_schedule(seed)
+    yield seed
+    _emu_ops.set_schedule(default_emu_seed())

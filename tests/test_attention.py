@@ -8,7 +8,7 @@ import fastattn
 from fastattn.reference import ref_attention, ref_merge_attention_states
 
 from conftest import (DTYPES, assert_close_to_ref, assert_matches_reference, dtype_id,
-                      make_qkv, randn, skip_if_unsupported, unpack_result)
+                      make_qkv, randn, skip_if_unsupported)
 
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
 

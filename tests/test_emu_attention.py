@@ -16,15 +16,14 @@ Without the module the file is skipped, unless FASTATTN_REQUIRE_EMU=1 makes that
 """
 
 import math
-import os
 
 import pytest
 import torch
 
 from fastattn.reference import ref_attention, ref_attention_varlen, ref_paged_attention
 
-from conftest import (assert_matches_reference, cu_seqlens, dtype_id, import_emu_ops, PagedKV,
-                      randn)
+from conftest import (assert_matches_reference, cu_seqlens, default_emu_seed, dtype_id,
+                      import_emu_ops, PagedKV, randn)
 
 _emu_ops = import_emu_ops()
 
@@ -39,7 +38,7 @@ HEAD_DIMS = [8, 40, 64, 96, 128, 160, 256]
 @pytest.fixture(autouse=True)
 def _restore_schedule():
     yield
-    _emu_ops.set_schedule(int(os.environ.get("FASTATTN_EMU_SEED", "0") or 0))
+    _emu_ops.set_schedule(default_emu_seed())
 
 
 def schedules():

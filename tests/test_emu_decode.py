@@ -20,7 +20,6 @@ Without the module the file is skipped, unless FASTATTN_REQUIRE_EMU=1 makes that
 """
 
 import math
-import os
 
 import pytest
 import torch
@@ -48,16 +47,9 @@ def expected_splits(batch, num_heads, num_kv_heads, capacity, num_sms):
     return max(1, min(splits, math.ceil(capacity / 256), 64))
 
 
-@pytest.fixture(params=["seed0", "seed1", "shuffled"])
-def schedule(request):
-    """Sets the emulation schedule for the test's launches; returns its seed."""
-    if request.param == "shuffled":
-        seed = 2 + int(torch.randint(0, 2**31 - 3, ()).item())
-    else:
-        seed = int(request.param[-1])
-    _emu_ops.set_schedule(seed)
-    yield seed
-    _emu_ops.set_schedule(int(os.environ.get("FASTATTN_EMU_SEED", "0") or 0))
+@pytest.fixture(autouse=True)
+def _default_num_sms():
+    yield
     _emu_ops.set_num_sms(DEFAULT_NUM_SMS)
 
 

@@ -15,7 +15,6 @@ fp32 rounding.
 Without the module the file is skipped, unless FASTATTN_REQUIRE_EMU=1 makes that an error.
 """
 
-import os
 
 import pytest
 import torch
@@ -32,18 +31,6 @@ EMU = torch.ops.fastattn_emu
 CPU = torch.ops.fastattn
 F16, BF16 = torch.float16, torch.bfloat16
 LOWP = [F16, BF16]
-
-
-@pytest.fixture(params=["seed0", "seed1", "shuffled"])
-def schedule(request):
-    """Sets the emulation schedule for the test's launches; returns its seed."""
-    if request.param == "shuffled":
-        seed = 2 + int(torch.randint(0, 2**31 - 3, ()).item())
-    else:
-        seed = int(request.param[-1])
-    _emu_ops.set_schedule(seed)
-    yield seed
-    _emu_ops.set_schedule(int(os.environ.get("FASTATTN_EMU_SEED", "0") or 0))
 
 
 # ---------------------------------------------------------------------------------------
