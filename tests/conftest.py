@@ -10,6 +10,7 @@ same rule applies to lse; in addition -inf entries of lse must match exactly, ro
 lse -inf must be exactly 0, and nothing may be NaN.
 """
 
+import importlib
 import math
 import os
 import zlib
@@ -204,20 +205,24 @@ def assert_matches_reference(result, ref_fn, *args, return_lse, **kwargs):
     return ref
 
 
-def import_emu_ops():
-    """fastattn._emu_ops (the CUDA kernels on the CPU emulation), or skip the calling module.
+def import_emu_module(name="_emu_ops"):
+    """fastattn._emu_ops (the CUDA kernels on the CPU emulation) or fastattn._emu (the
+    primitive test kernels), or skip the calling module.
 
     FASTATTN_REQUIRE_EMU=1 (make test, CI) turns a missing module into an error, so the
     emulated-kernel tests can never pass by skipping.
     """
     try:
-        from fastattn import _emu_ops
+        return importlib.import_module(f"fastattn.{name}")
     except ImportError:
         if os.environ.get("FASTATTN_REQUIRE_EMU") == "1":
             raise
-        pytest.skip("fastattn._emu_ops not built (make build, or configure with -DFASTATTN_EMU=ON)",
+        pytest.skip(f"fastattn.{name} not built (make build, or configure with -DFASTATTN_EMU=ON)",
                     allow_module_level=True)
-    return _emu_ops
+
+
+def import_emu_ops():
+    return import_emu_module("_emu_ops")
 
 
 def default_emu_seed():

@@ -25,6 +25,8 @@ import re
 import pytest
 import torch
 
+from conftest import import_emu_module
+
 
 def _load_emu():
     path = os.environ.get("FASTATTN_EMU_MODULE")
@@ -33,14 +35,7 @@ def _load_emu():
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
-    try:
-        from fastattn import _emu
-    except ImportError:
-        if os.environ.get("FASTATTN_REQUIRE_EMU") == "1":
-            raise
-        pytest.skip("fastattn._emu not built (configure with -DFASTATTN_EMU=ON)",
-                    allow_module_level=True)
-    return _emu
+    return import_emu_module("_emu")
 
 
 _emu = _load_emu()
