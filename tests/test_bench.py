@@ -52,6 +52,11 @@ def test_all_suites_report(tmp_path, capsys):
         assert len(results) >= 2, case["skipped"]
         for r in results:
             assert positive(r["time_ms"]) and positive(r["throughput"]) and positive(r["pct_of_peak"])
+            assert r["pct_of_peak"] == pytest.approx(100 * r["throughput"] / r["peak"])
+            if case["work_unit"] == "byte":
+                assert r["peak"] >= doc["peaks"]["copy_gbps"]
+            else:
+                assert r["peak"] == doc["peaks"]["matmul_tflops"]["float32"]
             assert len(r["times_ms"]) >= 2
             assert r["throughput_unit"] == ("TFLOP/s" if case["work_unit"] == "flop" else "GB/s")
         assert results[0]["ratio"] is None and results[0]["agrees"] is None

@@ -164,11 +164,13 @@ class Result:
     times_ms: List[float]           # every timed run
     throughput: float               # TFLOP/s or GB/s, per `throughput_unit`
     throughput_unit: str
-    pct_of_peak: Optional[float]    # throughput / this run's matmul or copy peak, in %
+    pct_of_peak: Optional[float]    # throughput / peak, in %
     ratio: Optional[float]          # fastattn speed / this impl's speed; None for fastattn
     max_abs_diff: Optional[float]   # against fastattn's output; None for fastattn
     agrees: Optional[bool]
     gather_ms: Optional[float] = None
+    peak: Optional[float] = None    # what pct_of_peak divides by: this run's matmul peak, or
+                                    # for GB/s the copy peak measured around this case
     note: str = ""
 
 
@@ -464,12 +466,15 @@ def measure_peaks(device, dtypes: Sequence[torch.dtype], profile: str) -> Peaks:
                 break
             n *= 2
     nbytes = PEAK_COPY_BYTES[profile]
+    return Peaks(tflops, sizes, measure_copy_gbps(device, nbytes), nbytes)
+
+
+def measure_copy_gbps(device, nbytes: int) -> float:
+    """Best read + write rate of a large tensor copy, in GB/s."""
     src = torch.ones(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     ms = min(time_fn(lambda: dst.copy_(src), device, warmup=1, repeats=5))
-    gbps = 2.0 * nbytes / (ms * 1e-3) / 1e9    # read + write
-    del src, dst
-    return Peaks(tflops, sizes, gbps, nbytes)
+    return 2.0 * nbytes / (ms * 1e-3) / 1e9
 
 
 def _flatten(x) -> List[torch.Tensor]:
@@ -542,7 +547,11 @@ def run_case(case: Case, settings: Settings, peaks: Peaks,
         unit, scale = "TFLOP/s", 1e12
         peak = peaks.matmul_tflops.get(case.dtype_name)
     else:
-        unit, scale, peak = "GB/s", 1e9, peaks.copy_gbps
+        # A machine's memory bandwidth can drift within a run (other tenants of the host):
+        # compare with the best of the run's copy peak and copies just before and after
+        # this case, never with a slower moment than the one the case ran in.
+        unit, scale = "GB/s", 1e9
+        peak = max(peaks.copy_gbps, measure_copy_gbps(device, peaks.copy_bytes))
     results = report.results
 
     def timed(fn) -> List[float]:
@@ -564,8 +573,13 @@ def run_case(case: Case, settings: Settings, peaks: Peaks,
         results.append(Result(
             suite=case.suite, shape=case.label(), dtype=case.dtype_name, impl=impl.name,
             time_ms=ms, times_ms=times, throughput=throughput, throughput_unit=unit,
-            pct_of_peak=100.0 * throughput / peak if peak else None,
-            ratio=None, max_abs_diff=diff, agrees=agrees, gather_ms=gather_ms, note=impl.note))
+            pct_of_peak=None, ratio=None, max_abs_diff=diff, agrees=agrees,
+            gather_ms=gather_ms, note=impl.note))
+    if workload.unit != "flop" and results:
+        peak = max(peak, measure_copy_gbps(device, peaks.copy_bytes))
+    for result in results:
+        result.peak = peak
+        result.pct_of_peak = 100.0 * result.throughput / peak if peak else None
     for result in results[1:]:
         result.ratio = result.time_ms / results[0].time_ms
     del workload
@@ -873,7 +887,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     notes = peers.unavailable_notes(device) + group_skips(reports)
     print("\nfastattn x = fastattn speed / that implementation's speed (> 1: fastattn "
           "faster); '!' = outputs disagree.")
-    print("% peak = throughput / this run's matmul peak (TFLOP/s) or copy peak (GB/s).")
+    print("% peak = throughput / this run's matmul peak (TFLOP/s), or for GB/s the best copy rate "
+          "of the run's start and of copies just before and after that case.")
     for note in notes:
         print(f"note: {note}")
     for message in warnings:
