@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
+#include "cpu/vec.h"
 #include "ops/ops.h"
 #include "ops/schemas.h"
 
@@ -29,6 +30,12 @@ PYBIND11_MODULE(_C, m) {
     info["cuda"] = false;
     info["cuda_archs"] = "";
 #endif
+    // The CPU kernels picked at load time (see FASTATTN_CPU_ISA in the README).
+    switch (fastattn::cpu::vec::isa()) {
+      case fastattn::cpu::vec::Isa::generic: info["cpu_isa"] = "generic"; break;
+      case fastattn::cpu::vec::Isa::avx512: info["cpu_isa"] = "avx512"; break;
+      case fastattn::cpu::vec::Isa::avx512_bf16: info["cpu_isa"] = "avx512_bf16"; break;
+    }
     return info;
   });
 #ifdef FASTATTN_WITH_CUDA

@@ -55,15 +55,15 @@ def run_extend(q_lens, seq_lens, num_heads, num_kv_heads, head_dim, page_size, d
 # ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("page_size", PAGE_SIZES)
-@pytest.mark.parametrize("num_heads,num_kv_heads", [(4, 4), (8, 2), (16, 2), (8, 1)],
-                         ids=["mha", "gqa4", "gqa8", "mqa"])
+@pytest.mark.parametrize("num_heads,num_kv_heads", [(4, 4), (8, 2), (16, 2), (8, 1), (20, 2)],
+                         ids=["mha", "gqa4", "gqa8", "mqa", "gqa10"])
 def test_decode(device, num_heads, num_kv_heads, page_size):
     skip_if_unsupported(device, F16, 64)
     run_decode(SEQ_LENS, num_heads, num_kv_heads, 64, page_size, F16, device)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("head_dim", [32, 40, 80, 96, 128, 160, 256, 512])
+@pytest.mark.parametrize("head_dim", [7, 32, 33, 40, 80, 96, 128, 160, 256, 512])
 def test_decode_head_dims_and_dtypes(device, head_dim, dtype):
     skip_if_unsupported(device, dtype, head_dim)
     run_decode([3, 40, 17], 4, 2, head_dim, 16, dtype, device)

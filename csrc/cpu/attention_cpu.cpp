@@ -12,10 +12,13 @@
 // Two inner paths share the staging and the softmax bookkeeping:
 //  - many rows (prefill, extend, cross): Q.K^T and P.V are GEMMs on the fp32
 //    tiles through ATen (the BLAS torch links);
-//  - few rows (decode): direct loops, since the data moved dominates and a
-//    GEMM call per tile would cost more than it computes.
-//
+//  - few rows: direct loops, since the data moved dominates and a GEMM call per
+//    tile would cost more than it computes.
 // Work split: at::parallel_for over items ordered (batch, kv head, q tile).
+//
+// Paged decode (one query per sequence) has its own path, Decode below: it is
+// bound by how fast the cache streams in, so it reads the cache in place in its
+// dtype (no staging) and prefetches in memory order (csrc/cpu/row_kernels.cpp).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -162,9 +165,13 @@ class AttentionTile {
       softmax_tile(n0, n, r0, nr);
       view(acc, nr, D).addmm_(scores, view(v_tile_, n, D, v_ld_));
     } else {
-      vec::qk_rows(q, nr, k_tile_, k_ld_, n, D, sc, n);
+      for (int j = 0; j < n; ++j) {
+        k_rows_[j] = k_tile_ + j * k_ld_;
+        v_rows_[j] = v_tile_ + j * v_ld_;
+      }
+      vec::qk_rows(q, q, nr, 1, k_rows_.data(), 0, 0, n, D, 1.f, sc, n, {});
       softmax_tile(n0, n, r0, nr);
-      vec::pv_rows(sc, n, nr, n, v_tile_, v_ld_, D, acc);
+      vec::pv_rows(sc, n, nr, 1, v_rows_.data(), 0, 0, n, D, acc, {});
     }
   }
 
@@ -246,122 +253,163 @@ class AttentionTile {
   const float* v_tile_ = nullptr;
   int64_t k_ld_ = 0;
   int64_t v_ld_ = 0;
+  std::vector<const float*> k_rows_ = std::vector<const float*>(kBlockN);
+  std::vector<const float*> v_rows_ = std::vector<const float*>(kBlockN);
   int group_;
   int m_block_;
   int m_ = 0;
   int rows_ = 0;
 };
 
-// Paged decode of one whole batch row: every KV head at once, so that each page run
-// (tokens x Hk x D, contiguous in a contiguous cache) streams into the workspace in
-// one sequential copy the hardware prefetchers follow, instead of one head's rows a
-// token apart. Used when batch rows alone keep every core busy.
+// Paged decode (one query token per sequence). A work item is one batch row and a
+// range of its KV heads: whole rows when the batch alone fills the cores, else
+// rows split by heads. Keys run in tiles addressed through per-token row pointers
+// (one block-table lookup per token, shared by all heads); the decode kernels read
+// the rows in place, in the cache dtype, and prefetch the tile that comes next
+// (the next item's first tile after an item's last), so the cache streams in
+// while the current tile computes.
 template <typename T>
-class DecodeRow {
+class Decode {
  public:
-  explicit DecodeRow(const AttnParams& p) : p_(p) {
+  // Items are (batch row, chunk of `per` KV heads), chunk-minor.
+  Decode(const AttnParams& p, int per) : p_(p), per_(per) {
     group_ = p.num_heads_q / p.num_heads_k;
-    const size_t hq = p.num_heads_q, D = p.head_dim, hkd = size_t(p.num_heads_k) * D;
-    q_.resize(hq * D);
-    // One page run at a time is converted (non-fp32 caches).
-    k_.resize(std::min<size_t>(kKeys, p.page_size) * hkd);
-    v_.resize(std::min<size_t>(kKeys, p.page_size) * hkd);
-    s_.resize(hq * kKeys);
-    acc_.resize(hq * D);
-    state_.resize(hq);
+    chunks_ = (p.num_heads_k + per - 1) / per;
+    const int D = p.head_dim;
+    // ~64 KiB of keys per tile: this tile and the next, K and V, stay in L2.
+    const int64_t token_bytes = int64_t(per) * D * sizeof(T);
+    keys_ = int(std::clamp<int64_t>(kTileBytes / token_bytes / 16 * 16, 16, 256));
+    const size_t rows = size_t(per) * group_;
+    qf_.resize(rows * D);
+    qn_.resize(rows * D);
+    s_.resize(rows * keys_);
+    acc_.resize(rows * D);
+    state_.resize(rows);
+    for (int i = 0; i < 2; ++i) {
+      k_[i].resize(keys_);
+      v_[i].resize(keys_);
+    }
   }
 
-  // A contiguous [page_size, Hk, D] block per page: the precondition for this path.
-  static bool applies(const AttnParams& p) {
-    const int64_t hkd = int64_t(p.num_heads_k) * p.head_dim;
-    return p.block_table && !p.cu_seqlens_q && p.seqlen_q == 1 &&
-           p.k_head_stride == p.head_dim && p.v_head_stride == p.head_dim &&
-           p.k_row_stride == hkd && p.v_row_stride == hkd;
-  }
+  // One query per batch row: paged decode, and dense or cross attention with Sq = 1.
+  static bool applies(const AttnParams& p) { return !p.cu_seqlens_q && p.seqlen_q == 1; }
 
-  void run(int b) {
-    const SeqBounds s = seq_bounds(p_, b);
-    const int D = p_.head_dim, Hq = p_.num_heads_q, Hk = p_.num_heads_k;
-    const int64_t hkd = int64_t(Hk) * D;
-    const KeyRange kr =
-        visible_keys(0, s.q_len, s.k_len, p_.causal, p_.window_left, p_.window_right);
-    const T* q = static_cast<const T*>(p_.q);
-    for (int h = 0; h < Hq; ++h) {
-      to_float(q + q_offset(p_, s, b, 0, h), &q_[size_t(h) * D], D);
-      vec::scale(&q_[size_t(h) * D], p_.softmax_scale, D);
-      state_[h].init();
-    }
-    std::fill(acc_.begin(), acc_.end(), 0.f);
-    for (int n0 = kr.lo; n0 < kr.hi; n0 += kKeys) {
-      const int n = std::min(kKeys, kr.hi - n0);
-      // Scores of every head against each page run of the tile, read in place
-      // (fp32) or converted once per run; the next run is prefetched meanwhile.
-      for_each_run(s, b, n0, n, p_.k, p_.k_batch_stride, k_.data(),
-                   [&](const float* rows, int j, int len) {
-                     for (int hk = 0; hk < Hk; ++hk)
-                       vec::qk_rows(&q_[size_t(hk) * group_ * D], group_, rows + hk * D, hkd,
-                                    len, D, &s_[size_t(hk) * group_ * n + j], n);
-                   });
-      for (int h = 0; h < Hq; ++h) {
-        softmax_row(&s_[size_t(h) * n], n, 0, n, p_.softcap, state_[h], &acc_[size_t(h) * D], D);
-      }
-      for_each_run(s, b, n0, n, p_.v, p_.v_batch_stride, v_.data(),
-                   [&](const float* rows, int j, int len) {
-                     for (int hk = 0; hk < Hk; ++hk)
-                       vec::pv_rows(&s_[size_t(hk) * group_ * n + j], n, group_, len,
-                                    rows + hk * D, hkd, D, &acc_[size_t(hk) * group_ * D]);
-                   });
-    }
-    T* o = static_cast<T*>(p_.o);
-    for (int h = 0; h < Hq; ++h) {
-      const float inv = state_[h].inv_sum();
-      T* dst = o + o_offset(p_, s, b, 0, h);
-      for (int d = 0; d < D; ++d) dst[d] = T(acc_[size_t(h) * D + d] * inv);
-      if (p_.lse) p_.lse[lse_offset(p_, s, b, 0, h)] = state_[h].lse();
-    }
+  void run(int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) run_item(item(i), i + 1 < end, item(i + 1), i == begin);
   }
 
  private:
-  static constexpr int kKeys = 64;  // keys per tile: K and V of all heads stay in L2
+  static constexpr int64_t kTileBytes = 64 * 1024;
 
-  // Calls fn(rows, j, len) for each page run of tokens [n0, n0 + n): rows is fp32
-  // [len, Hk, D], the cache itself for fp32, else converted into scratch.
-  template <typename Fn>
-  void for_each_run(const SeqBounds& s, int b, int n0, int n, const void* base,
-                    int64_t page_stride, float* scratch, Fn&& fn) {
-    const T* src = static_cast<const T*>(base);
-    const int64_t hkd = int64_t(p_.num_heads_k) * p_.head_dim;
-    auto run_at = [&](int token) { return src + kv_token_offset(p_, s, b, token, page_stride, hkd); };
-    auto run_len = [&](int token, int left) {
-      return std::min(left, p_.page_size - token % p_.page_size);
-    };
-    for (int j = 0; j < n;) {
-      const int len = run_len(n0 + j, n - j);
-      if (j + len < n)
-        prefetch(run_at(n0 + j + len), run_len(n0 + j + len, n - j - len) * hkd * int64_t(sizeof(T)));
-      const T* run = run_at(n0 + j);
-      if constexpr (std::is_same_v<T, float>) {
-        fn(run, j, len);
-      } else {
-        to_float(run, scratch, int(len * hkd));
-        fn(scratch, j, len);
+  struct Item {
+    int b, hk0, hk1;
+    SeqBounds s;
+    KeyRange keys;
+  };
+
+  Item item(int64_t i) const {
+    Item it{};
+    it.b = int(i / chunks_);
+    it.hk0 = int(i % chunks_) * per_;
+    it.hk1 = std::min(p_.num_heads_k, it.hk0 + per_);
+    if (it.b >= p_.batch) return it;
+    it.s = seq_bounds(p_, it.b);
+    it.keys = visible_keys(0, it.s.q_len, it.s.k_len, p_.causal, p_.window_left, p_.window_right);
+    return it;
+  }
+
+  // `next` is the item run after this one (if has_next): its first tile is
+  // prefetched during this item's last. burst: prefetch this item's first tile
+  // up front (nothing did).
+  void run_item(const Item& it, bool has_next, const Item& next, bool burst) {
+    const int D = p_.head_dim;
+    const int h0 = it.hk0 * group_, rows = (it.hk1 - it.hk0) * group_;
+    const int64_t khs = p_.k_head_stride, vhs = p_.v_head_stride;
+    const T* q = static_cast<const T*>(p_.q);
+    for (int r = 0; r < rows; ++r) {
+      const T* src = q + q_offset(p_, it.s, it.b, 0, h0 + r);
+      std::copy_n(src, D, &qn_[size_t(r) * D]);
+      to_float(src, &qf_[size_t(r) * D], D);
+      state_[r].init();
+    }
+    std::fill_n(acc_.begin(), size_t(rows) * D, 0.f);
+
+    const KeyRange kr = it.keys;
+    if (kr.hi > kr.lo) {
+      const int n = fill(it, kr.lo, 0);
+      if (burst)
+        for (int j = 0; j < n; ++j)
+          for (int hk = it.hk0; hk < it.hk1; ++hk) {
+            prefetch(k_[0][j] + hk * khs, D * int64_t(sizeof(T)));
+            prefetch(v_[0][j] + hk * vhs, D * int64_t(sizeof(T)));
+          }
+    }
+    for (int n0 = kr.lo, cur = 0; n0 < kr.hi; n0 += keys_, cur ^= 1) {
+      const int n = std::min(keys_, kr.hi - n0);
+      vec::RowTile<T> nk, nv;
+      if (n0 + keys_ < kr.hi) {
+        nk.n = nv.n = fill(it, n0 + keys_, cur ^ 1);
+        nk.heads = nv.heads = it.hk1 - it.hk0;
+        nk.off = it.hk0 * khs;
+        nv.off = it.hk0 * vhs;
+      } else if (has_next && next.keys.hi > next.keys.lo) {
+        nk.n = nv.n = fill(next, next.keys.lo, cur ^ 1);
+        nk.heads = nv.heads = next.hk1 - next.hk0;
+        nk.off = next.hk0 * khs;
+        nv.off = next.hk0 * vhs;
       }
-      j += len;
+      nk.rows = k_[cur ^ 1].data();
+      nv.rows = v_[cur ^ 1].data();
+      vec::qk_rows(qf_.data(), qn_.data(), group_, it.hk1 - it.hk0, k_[cur].data(),
+                     it.hk0 * khs, khs, n, D, p_.softmax_scale, s_.data(), keys_, nk);
+      for (int r = 0; r < rows; ++r)
+        softmax_row(&s_[size_t(r) * keys_], n, 0, n, p_.softcap, state_[r],
+                    &acc_[size_t(r) * D], D);
+      vec::pv_rows(s_.data(), keys_, group_, it.hk1 - it.hk0, v_[cur].data(), it.hk0 * vhs, vhs,
+                     n, D, acc_.data(), nv);
+    }
+
+    T* o = static_cast<T*>(p_.o);
+    for (int r = 0; r < rows; ++r) {
+      const float inv = state_[r].inv_sum();
+      T* dst = o + o_offset(p_, it.s, it.b, 0, h0 + r);
+      for (int d = 0; d < D; ++d) dst[d] = T(acc_[size_t(r) * D + d] * inv);
+      if (p_.lse) p_.lse[lse_offset(p_, it.s, it.b, 0, h0 + r)] = state_[r].lse();
     }
   }
 
+  // Row pointers of the tile of `it` starting at key n0 into buffer i; returns
+  // its length.
+  int fill(const Item& it, int n0, int i) {
+    const int n = std::clamp(it.keys.hi - n0, 0, keys_);
+    const T* k = static_cast<const T*>(p_.k);
+    const T* v = static_cast<const T*>(p_.v);
+    for (int j = 0; j < n; ++j) {
+      k_[i][j] = k + kv_token_offset(p_, it.s, it.b, n0 + j, p_.k_batch_stride, p_.k_row_stride);
+      v_[i][j] = v + kv_token_offset(p_, it.s, it.b, n0 + j, p_.v_batch_stride, p_.v_row_stride);
+    }
+    return n;
+  }
+
   const AttnParams& p_;
-  int group_;
-  std::vector<float> q_, k_, v_, s_, acc_;
+  int per_, chunks_, group_, keys_;
+  std::vector<float> qf_, s_, acc_;
+  std::vector<T> qn_;
   std::vector<OnlineSoftmax> state_;
+  std::vector<const T*> k_[2], v_[2];
 };
 
 template <typename T>
 void attention_fwd_impl(const AttnParams& p) {
-  if (DecodeRow<T>::applies(p) && p.batch >= 2 * at::get_num_threads()) {
-    at::parallel_for(0, p.batch, 1, [&](int64_t begin, int64_t end) {
-      DecodeRow<T> row(p);
-      for (int64_t b = begin; b < end; ++b) row.run(int(b));
+  if (Decode<T>::applies(p)) {
+    // Batch rows, split by KV heads until there are two items per thread.
+    const int64_t threads = at::get_num_threads();
+    const int Hk = p.num_heads_k;
+    const int splits = int(std::clamp<int64_t>((2 * threads + p.batch - 1) / p.batch, 1, Hk));
+    const int per = (Hk + splits - 1) / splits;
+    const int64_t items = int64_t(p.batch) * ((Hk + per - 1) / per);
+    at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+      Decode<T>(p, per).run(begin, end);
     });
     return;
   }

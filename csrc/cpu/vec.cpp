@@ -8,6 +8,8 @@
 #include <immintrin.h>
 #endif
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define FA_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -43,55 +45,11 @@ FA_INLINE float exp_nonpositive(float x) {
   return underflow ? 0.0f : p * scale;
 }
 
-FA_INLINE float dot_inline(const float* a, const float* b, int n) {
-  float s = 0.f;
-#pragma omp simd reduction(+ : s)
-  for (int i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
 #if defined(__x86_64__) && defined(__GNUC__)
-// AVX-512 forms for the few rows of a decode step (the query heads of one KV
-// head): each key and value row is loaded once for all R rows, and in pv the R
-// accumulator chunks stay in registers across the whole key tile. Written with
-// intrinsics because the auto-vectoriser does not find this blocking.
 #define FA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 
 FA_AVX512 inline __mmask16 tail_mask(int remaining) {
   return remaining >= 16 ? __mmask16(0xffff) : __mmask16((1u << remaining) - 1);
-}
-
-template <int R>
-FA_AVX512 void qk_avx512(const float* q, const float* k, int64_t ldk, int n, int D, float* s,
-                         int64_t lds) {
-  for (int j = 0; j < n; ++j) {
-    const float* kj = k + j * ldk;
-    __m512 acc[R];
-    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
-    for (int d0 = 0; d0 < D; d0 += 16) {
-      const __mmask16 m = tail_mask(D - d0);
-      const __m512 kv = _mm512_maskz_loadu_ps(m, kj + d0);
-      for (int r = 0; r < R; ++r)
-        acc[r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + r * D + d0), kv, acc[r]);
-    }
-    for (int r = 0; r < R; ++r) s[r * lds + j] = _mm512_reduce_add_ps(acc[r]);
-  }
-}
-
-template <int R>
-FA_AVX512 void pv_avx512(const float* p, int64_t ldp, int n, const float* v, int64_t ldv, int D,
-                         float* out) {
-  for (int d0 = 0; d0 < D; d0 += 16) {
-    const __mmask16 m = tail_mask(D - d0);
-    __m512 acc[R];
-    for (int r = 0; r < R; ++r) acc[r] = _mm512_maskz_loadu_ps(m, out + r * D + d0);
-    for (int j = 0; j < n; ++j) {
-      const __m512 vj = _mm512_maskz_loadu_ps(m, v + j * ldv + d0);
-      for (int r = 0; r < R; ++r)
-        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(p[r * ldp + j]), vj, acc[r]);
-    }
-    for (int r = 0; r < R; ++r) _mm512_mask_storeu_ps(out + r * D + d0, m, acc[r]);
-  }
 }
 
 FA_AVX512 void bf16_to_f32_avx512(const uint16_t* src, float* dst, int n) {
@@ -103,78 +61,25 @@ FA_AVX512 void bf16_to_f32_avx512(const uint16_t* src, float* dst, int n) {
   }
 }
 
-// Rows processed in blocks of at most 8 (the GQA group of a decode step).
-template <typename Fn>
-FA_AVX512 void by_row_blocks(int rows, Fn&& fn) {
-  int r0 = 0;
-  for (; r0 + 8 <= rows; r0 += 8) fn(std::integral_constant<int, 8>{}, r0);
-  switch (rows - r0) {
-    case 1: fn(std::integral_constant<int, 1>{}, r0); break;
-    case 2: fn(std::integral_constant<int, 2>{}, r0); break;
-    case 3: fn(std::integral_constant<int, 3>{}, r0); break;
-    case 4: fn(std::integral_constant<int, 4>{}, r0); break;
-    case 5: fn(std::integral_constant<int, 5>{}, r0); break;
-    case 6: fn(std::integral_constant<int, 6>{}, r0); break;
-    case 7: fn(std::integral_constant<int, 7>{}, r0); break;
-    default: break;
-  }
-}
-
-const bool kHasAvx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                        __builtin_cpu_supports("avx512vl");
-#else
-const bool kHasAvx512 = false;
 #endif
 
 }  // namespace
 
+Isa isa() {
+  static const Isa level = [] {
+    Isa hw = Isa::generic;
 #if defined(__x86_64__) && defined(__GNUC__)
-FA_AVX512 static void qk_rows_avx512(const float* q, int rows, const float* k, int64_t ldk, int n,
-                                     int D, float* s, int64_t lds) {
-  by_row_blocks(rows, [&](auto R, int r0) {
-    qk_avx512<decltype(R)::value>(q + r0 * D, k, ldk, n, D, s + r0 * lds, lds);
-  });
-}
-
-FA_AVX512 static void pv_rows_avx512(const float* p, int64_t ldp, int rows, int n, const float* v,
-                                     int64_t ldv, int D, float* acc) {
-  by_row_blocks(rows, [&](auto R, int r0) {
-    pv_avx512<decltype(R)::value>(p + r0 * ldp, ldp, n, v, ldv, D, acc + r0 * D);
-  });
-}
-#endif
-
-FA_MULTIVERSION static void qk_rows_generic(const float* q, int rows, const float* k, int64_t ldk,
-                                            int n, int D, float* s, int64_t lds) {
-  for (int j = 0; j < n; ++j)
-    for (int r = 0; r < rows; ++r) s[r * lds + j] = dot_inline(q + r * D, k + j * ldk, D);
-}
-
-FA_MULTIVERSION static void pv_rows_generic(const float* p, int64_t ldp, int rows, int n,
-                                            const float* v, int64_t ldv, int D, float* acc) {
-  for (int j = 0; j < n; ++j)
-    for (int r = 0; r < rows; ++r) {
-      const float pj = p[r * ldp + j];
-      const float* vj = v + j * ldv;
-      float* a = acc + r * D;
-      for (int d = 0; d < D; ++d) a[d] += pj * vj[d];
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl")) {
+      hw = __builtin_cpu_supports("avx512bf16") ? Isa::avx512_bf16 : Isa::avx512;
     }
-}
-
-void qk_rows(const float* q, int rows, const float* k, int64_t ldk, int n, int D, float* s,
-             int64_t lds) {
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (kHasAvx512) return qk_rows_avx512(q, rows, k, ldk, n, D, s, lds);
 #endif
-  qk_rows_generic(q, rows, k, ldk, n, D, s, lds);
-}
-
-void pv_rows(const float* p, int64_t ldp, int rows, int n, const float* v, int64_t ldv, int D,
-             float* acc) {
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (kHasAvx512) return pv_rows_avx512(p, ldp, rows, n, v, ldv, D, acc);
-#endif
-  pv_rows_generic(p, ldp, rows, n, v, ldv, D, acc);
+    const char* cap = std::getenv("FASTATTN_CPU_ISA");
+    if (cap && std::strcmp(cap, "generic") == 0) hw = Isa::generic;
+    if (cap && std::strcmp(cap, "avx512") == 0 && hw > Isa::avx512) hw = Isa::avx512;
+    return hw;
+  }();
+  return level;
 }
 
 FA_MULTIVERSION void scale(float* x, float a, int n) {
@@ -207,7 +112,7 @@ FA_MULTIVERSION static void bf16_to_f32_generic(const uint16_t* src, float* dst,
 
 void bf16_to_f32(const uint16_t* src, float* dst, int n) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (kHasAvx512) return bf16_to_f32_avx512(src, dst, n);
+  if (isa() >= Isa::avx512) return bf16_to_f32_avx512(src, dst, n);
 #endif
   bf16_to_f32_generic(src, dst, n);
 }

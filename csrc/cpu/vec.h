@@ -1,10 +1,21 @@
 #pragma once
-// Row kernels of the CPU attention: plain loops over fp32 rows, compiled for
-// several x86 ISA levels (AVX-512, AVX2+FMA, baseline) and picked at load time,
-// so one wheel is fast on new CPUs and still runs on old ones.
+// Vector kernels of the CPU attention (vec.cpp: softmax steps and conversions;
+// row_kernels.cpp: few-row Q.K and P.V). Each has hand-written AVX-512 forms
+// and plain loops compiled for several x86 levels (AVX-512, AVX2+FMA,
+// baseline), picked at load time: one wheel is fast on new CPUs and still runs
+// on old ones.
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include <cstdint>
 
 namespace fastattn::cpu::vec {
+
+// Instruction sets the hand-written kernels use, in order. The level is what
+// the CPU supports, capped by FASTATTN_CPU_ISA=generic|avx512 (read once) so
+// that tests can run the fallbacks on a machine that has more.
+enum class Isa { generic, avx512, avx512_bf16 };
+Isa isa();
 
 // x *= a
 void scale(float* x, float a, int n);
@@ -13,15 +24,45 @@ void scale(float* x, float a, int n);
 float mask_max(float* x, int n, int lo, int hi);
 // x[j] = exp(x[j] - shift), returns the sum. exp(-inf) is exactly 0.
 float exp_sum(float* x, float shift, int n);
-// Scores of a few query rows against n keys: s[r * lds + j] = q[r] . k[j],
-// q [rows, D] contiguous, key j at k + j * ldk.
-void qk_rows(const float* q, int rows, const float* k, int64_t ldk, int n, int D, float* s,
-             int64_t lds);
-// acc[r] += sum_j p[r * ldp + j] * v[j], acc [rows, D], value j at v + j * ldv.
-void pv_rows(const float* p, int64_t ldp, int rows, int n, const float* v, int64_t ldv, int D,
-             float* acc);
 // Widening conversions of fp16 / bf16 bit patterns.
 void bf16_to_f32(const uint16_t* src, float* dst, int n);
 void f16_to_f32(const uint16_t* src, float* dst, int n);
+
+// Row kernels (decode, and tiles with few query rows): the query rows of
+// `heads` consecutive KV heads (`group` rows each) against n tokens, read in
+// place in their dtype E. Token j's
+// values for head h (0-based in the call) are at k[j] + off + h * hs.
+//
+// Row r = h * group + g: s[r * lds + j] = scale * (q[r] . k_j), q [heads * group,
+// D] in fp32 and, q_native, the same rows in dtype E (the bf16 dot product
+// reads those). pv_rows: acc[r] += sum_j p[r * ldp + j] * v_j, acc fp32.
+//
+// `next` is the tile the caller reads next (same hs); the kernels prefetch it
+// in memory order as they consume this one.
+template <typename E>
+struct RowTile {
+  const E* const* rows = nullptr;  // token row pointers
+  int n = 0;                       // tokens (0: nothing to prefetch)
+  int64_t off = 0;                 // offset of its first head in a row
+  int heads = 0;
+};
+
+void qk_rows(const float* q, const float* q_native, int group, int heads,
+               const float* const* k, int64_t off, int64_t hs, int n, int D, float scale,
+               float* s, int64_t lds, const RowTile<float>& next);
+void qk_rows(const float* q, const c10::BFloat16* q_native, int group, int heads,
+               const c10::BFloat16* const* k, int64_t off, int64_t hs, int n, int D, float scale,
+               float* s, int64_t lds, const RowTile<c10::BFloat16>& next);
+void qk_rows(const float* q, const c10::Half* q_native, int group, int heads,
+               const c10::Half* const* k, int64_t off, int64_t hs, int n, int D, float scale,
+               float* s, int64_t lds, const RowTile<c10::Half>& next);
+void pv_rows(const float* p, int64_t ldp, int group, int heads, const float* const* v,
+               int64_t off, int64_t hs, int n, int D, float* acc, const RowTile<float>& next);
+void pv_rows(const float* p, int64_t ldp, int group, int heads,
+               const c10::BFloat16* const* v, int64_t off, int64_t hs, int n, int D, float* acc,
+               const RowTile<c10::BFloat16>& next);
+void pv_rows(const float* p, int64_t ldp, int group, int heads, const c10::Half* const* v,
+               int64_t off, int64_t hs, int n, int D, float* acc,
+               const RowTile<c10::Half>& next);
 
 }  // namespace fastattn::cpu::vec

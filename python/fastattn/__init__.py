@@ -35,7 +35,8 @@ def check_errors() -> None:
 
 
 def build_info() -> dict:
-    """How this copy was built: version, torch version, CUDA kernels and architectures."""
+    """How this copy was built: version, torch version, CUDA kernels and architectures,
+    and the CPU kernel level in use (cpu_isa: generic, avx512 or avx512_bf16)."""
     return dict(_C.build_info())
 
 
