@@ -36,7 +36,7 @@ def test_seqlens(device, q_len, k_len, causal):
     run_attention(q, k, v, causal=causal)
 
 
-HEAD_DIMS = [32, 33, 40, 64, 80, 96, 128, 160, 256, 512]
+HEAD_DIMS = [7, 32, 33, 40, 64, 80, 96, 128, 160, 256, 512]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)

@@ -11,7 +11,7 @@
 //
 // Two inner paths share the staging and the softmax bookkeeping:
 //  - many rows (prefill, extend, cross): Q.K^T and P.V are GEMMs on the fp32
-//    tiles through ATen (the BLAS torch links);
+//    tiles: AVX-512 micro-kernels (tile_gemm.cpp), else ATen's matmul;
 //  - few rows: direct loops, since the data moved dominates and a GEMM call per
 //    tile would cost more than it computes.
 // Work split: at::parallel_for over items ordered (batch, kv head, q tile).
@@ -78,6 +78,7 @@ struct Workspace {
   std::vector<float> q;    // scaled queries [rows, D]
   std::vector<float> k;    // key tile [N, D]
   std::vector<float> v;    // value tile [N, D]
+  std::vector<float> kt;   // key tile transposed for the AVX-512 GEMM [D, N]
   std::vector<float> s;    // scores, then probabilities [rows, N]
   std::vector<float> acc;  // unnormalised output [rows, D]
   std::vector<OnlineSoftmax> state;
@@ -94,7 +95,8 @@ class AttentionTile {
     ws_.q.resize(max_rows * D);
     ws_.k.resize(size_t(kBlockN) * D);
     ws_.v.resize(size_t(kBlockN) * D);
-    ws_.s.resize(max_rows * kBlockN);
+    ws_.kt.resize(size_t(D) * vec::gemm_qk_stride(kBlockN));
+    ws_.s.resize(max_rows * vec::gemm_qk_stride(kBlockN));
     ws_.acc.resize(max_rows * D);
     ws_.state.resize(max_rows);
     ws_.ranges.resize(m_block);
@@ -160,17 +162,23 @@ class AttentionTile {
     float* acc = &ws_.acc[size_t(r0) * D];
     float* sc = ws_.s.data();
     if (nr >= kMinGemmRows) {
-      at::Tensor scores = view(sc, nr, n);
-      at::mm_out(scores, view(q, nr, D, D), view(k_tile_, n, D, k_ld_).t());
-      softmax_tile(n0, n, r0, nr);
-      view(acc, nr, D).addmm_(scores, view(v_tile_, n, D, v_ld_));
+      const int lds = vec::gemm_qk_stride(n);
+      if (vec::gemm_qk(q, nr, k_tile_, k_ld_, n, D, ws_.kt.data(), sc, lds)) {
+        softmax_tile(n0, n, r0, nr, lds);
+        vec::gemm_pv(sc, lds, nr, v_tile_, v_ld_, n, D, acc);
+      } else {
+        at::Tensor scores = view(sc, nr, n);
+        at::mm_out(scores, view(q, nr, D, D), view(k_tile_, n, D, k_ld_).t());
+        softmax_tile(n0, n, r0, nr, n);
+        view(acc, nr, D).addmm_(scores, view(v_tile_, n, D, v_ld_));
+      }
     } else {
       for (int j = 0; j < n; ++j) {
         k_rows_[j] = k_tile_ + j * k_ld_;
         v_rows_[j] = v_tile_ + j * v_ld_;
       }
       vec::qk_rows(q, q, nr, 1, k_rows_.data(), 0, 0, n, D, 1.f, sc, n, {});
-      softmax_tile(n0, n, r0, nr);
+      softmax_tile(n0, n, r0, nr, n);
       vec::pv_rows(sc, n, nr, 1, v_rows_.data(), 0, 0, n, D, acc, {});
     }
   }
@@ -220,12 +228,12 @@ class AttentionTile {
     }
   }
 
-  // Masks, caps and exponentiates the tile's scores in place (row stride n),
+  // Masks, caps and exponentiates the tile's scores in place (row stride lds),
   // updating each row's running max and sum and rescaling its accumulator.
-  void softmax_tile(int n0, int n, int r0, int nr) {
+  void softmax_tile(int n0, int n, int r0, int nr, int lds) {
     const int D = p_.head_dim;
     for (int r = r0; r < r0 + nr; ++r) {
-      float* sr = &ws_.s[size_t(r - r0) * n];
+      float* sr = &ws_.s[size_t(r - r0) * lds];
       const KeyRange kr = ws_.ranges[r / group_];
       const int lo = std::clamp(kr.lo - n0, 0, n);
       const int hi = std::clamp(kr.hi - n0, lo, n);

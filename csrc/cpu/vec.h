@@ -28,6 +28,19 @@ float exp_sum(float* x, float shift, int n);
 void bf16_to_f32(const uint16_t* src, float* dst, int n);
 void f16_to_f32(const uint16_t* src, float* dst, int n);
 
+// GEMMs of the many-rows tiles (tile_gemm.cpp), fp32, AVX-512; both return
+// false without it (the caller then uses ATen's matmul).
+// s[r * lds + j] = q[r] . k_j for r < m, j < n: q [m, D] contiguous, k_j at
+// k + j * ldk; lds >= n rounded up to 32, and s[r * lds + j] up to there is
+// written too (with 0); kt: scratch of D * gemm_qk_stride(n). gemm_qk_stride
+// is also the best lds: rows 64 bytes off a multiple of 4 KiB.
+inline int gemm_qk_stride(int n) { return (n + 31) / 32 * 32 + 16; }
+bool gemm_qk(const float* q, int m, const float* k, int64_t ldk, int n, int D, float* kt,
+             float* s, int64_t lds);
+// acc[r * D + d] += sum_j p[r * ldp + j] * v[j * ldv + d] for r < m, j < n.
+bool gemm_pv(const float* p, int64_t ldp, int m, const float* v, int64_t ldv, int n, int D,
+             float* acc);
+
 // Row kernels (decode, and tiles with few query rows): the query rows of
 // `heads` consecutive KV heads (`group` rows each) against n tokens, read in
 // place in their dtype E. Token j's
