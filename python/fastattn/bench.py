@@ -763,7 +763,7 @@ def plot(path: str, results: Sequence[Result]) -> bool:
     ax.set_xlabel("fastattn speed / peer speed (> 1: fastattn faster)")
     ax.set_title("fastattn vs peers")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return True
 
