@@ -19,10 +19,9 @@ TESTS = pathlib.Path(__file__).parent
 PARITY_FILES = ["test_paged.py", "test_attention.py", "test_varlen.py"]
 
 
-def _level_in(env) -> str:
-    out = subprocess.run([sys.executable, "-c", "import fastattn; print(fastattn.build_info()['cpu_isa'])"],
-                         env=env, capture_output=True, text=True, check=True)
-    return out.stdout.strip()
+def _run_level(env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "import fastattn; print(fastattn.build_info()['cpu_isa'])"],
+                          env=env, capture_output=True, text=True, check=True)
 
 
 def test_default_level_is_reported():
@@ -35,10 +34,16 @@ def test_cpu_parity_at_capped_level(level):
     if LEVELS.index(have) <= LEVELS.index(level):
         pytest.skip(f"this CPU runs {have} kernels: the default run already covers them")
     env = dict(os.environ, FASTATTN_CPU_ISA=level)
-    assert _level_in(env) == level
+    assert _run_level(env).stdout.strip() == level
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cpu",
          *[str(TESTS / name) for name in PARITY_FILES]],
         env=env, cwd=TESTS.parent, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert " passed" in result.stdout
+
+
+def test_unknown_level_is_ignored_with_a_warning():
+    out = _run_level(dict(os.environ, FASTATTN_CPU_ISA="avx2"))
+    assert out.stdout.strip() == fastattn.build_info()["cpu_isa"]
+    assert "ignoring FASTATTN_CPU_ISA=avx2" in out.stderr

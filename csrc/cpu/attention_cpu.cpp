@@ -165,7 +165,8 @@ class AttentionTile {
       const int lds = vec::gemm_qk_stride(n);
       if (vec::gemm_qk(q, nr, k_tile_, k_ld_, n, D, ws_.kt.data(), sc, lds)) {
         softmax_tile(n0, n, r0, nr, lds);
-        vec::gemm_pv(sc, lds, nr, v_tile_, v_ld_, n, D, acc);
+        const bool done = vec::gemm_pv(sc, lds, nr, v_tile_, v_ld_, n, D, acc);
+        TORCH_INTERNAL_ASSERT(done, "gemm_pv must run wherever gemm_qk did");
       } else {
         at::Tensor scores = view(sc, nr, n);
         at::mm_out(scores, view(q, nr, D, D), view(k_tile_, n, D, k_ld_).t());

@@ -19,6 +19,7 @@
 //    beat requests interleaved over several pages (~33 GB/s).
 #include <algorithm>
 #include <bit>
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
 #if defined(__x86_64__)
@@ -64,8 +65,10 @@ class Prefetcher {
   void start(int j, int h) {
     j_ = j;
     h_ = h;
-    p_ = reinterpret_cast<const char*>(next_.rows[j] + next_.off) + h * hs_;
-    end_ = p_ + span_;
+    const char* first = reinterpret_cast<const char*>(next_.rows[j] + next_.off) + h * hs_;
+    end_ = first + span_;
+    // From the line holding the first byte, so that the last line is reached too.
+    p_ = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(first) & ~uintptr_t(63));
   }
   __attribute__((noinline)) void next_span() {
     int j = j_, h = h_ + 1;

@@ -2,12 +2,14 @@
 // loop: no branches in loop bodies, reductions marked `omp simd`.
 #include "cpu/vec.h"
 
+#include <algorithm>
 #include <bit>
 #include <type_traits>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -75,8 +77,12 @@ Isa isa() {
     }
 #endif
     const char* cap = std::getenv("FASTATTN_CPU_ISA");
-    if (cap && std::strcmp(cap, "generic") == 0) hw = Isa::generic;
-    if (cap && std::strcmp(cap, "avx512") == 0 && hw > Isa::avx512) hw = Isa::avx512;
+    if (!cap || !*cap) return hw;
+    if (std::strcmp(cap, "generic") == 0) return Isa::generic;
+    if (std::strcmp(cap, "avx512") == 0) return std::min(hw, Isa::avx512);
+    if (std::strcmp(cap, "avx512_bf16") != 0)
+      std::fprintf(stderr, "fastattn: ignoring FASTATTN_CPU_ISA=%s (expected generic, avx512 or "
+                   "avx512_bf16)\n", cap);
     return hw;
   }();
   return level;
