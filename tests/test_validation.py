@@ -908,3 +908,64 @@ def test_direct_op_short_index_tensors_rejected():
         torch.ops.fastattn.append_kv(r(4, 4, 1, 8), r(4, 4, 1, 8), r(3, 1, 8), r(3, 1, 8),
                                      torch.tensor([0], dtype=torch.int64))
     assert_still_works("attention")
+
+
+DIRECT_BAD_OPERANDS = {
+    # The reviewer's crashes: short v (segfault), a v_cache smaller than k_cache (read or
+    # write past it), and inputs the kernels would silently misread.
+    "attention-short-v": (lambda: torch.ops.fastattn.attention(
+        r(1, 4, 2, 8), r(1, 200, 2, 8), r(1, 1, 2, 8), None, 0.3, False, -1, -1, 0.0),
+        ValueError, r"^v: expected the shape of k"),
+    "attention-dtype": (lambda: torch.ops.fastattn.attention(
+        r(1, 4, 2, 8), r(1, 4, 2, 8).half(), r(1, 4, 2, 8).half(), None, 0.3, False, -1, -1, 0.0),
+        TypeError, r"^k: expected dtype Float \(that of q\)"),
+    "attention-head-dim": (lambda: torch.ops.fastattn.attention(
+        r(1, 4, 2, 64), r(1, 4, 2, 8), r(1, 4, 2, 8), None, 0.3, False, -1, -1, 0.0),
+        ValueError, r"^k: head dim D = 8, expected D = 64"),
+    "attention-groups": (lambda: torch.ops.fastattn.attention(
+        r(1, 4, 3, 8), r(1, 4, 2, 8), r(1, 4, 2, 8), None, 0.3, False, -1, -1, 0.0),
+        ValueError, r"^k: Hk = 2 KV heads; expected Hk >= 1 dividing Hq = 3"),
+    "attention-batch": (lambda: torch.ops.fastattn.attention(
+        r(2, 4, 2, 8), r(1, 4, 2, 8), r(1, 4, 2, 8), None, 0.3, False, -1, -1, 0.0),
+        ValueError, r"^k: expected batch B = 2"),
+    "attention-3d-q": (lambda: torch.ops.fastattn.attention(
+        r(4, 2, 8), r(1, 4, 2, 8), r(1, 4, 2, 8), None, 0.3, False, -1, -1, 0.0),
+        ValueError, r"^q: expected shape \[B, Sq, Hq, D\]"),
+    "attention-strided-last-dim": (lambda: torch.ops.fastattn.attention(
+        r(1, 4, 2, 8), r(1, 4, 2, 16)[..., ::2], r(1, 4, 2, 8), None, 0.3, False, -1, -1, 0.0),
+        ValueError, r"^k: the last dimension must be contiguous"),
+    "varlen-max-seqlen-int32": (lambda: torch.ops.fastattn.attention_varlen(
+        r(3, 2, 8), r(3, 2, 8), r(3, 2, 8), i32([0, 3]), i32([0, 3]), 2**31, 3, 0.3, False,
+        -1, -1, 0.0),
+        ValueError, r"^max_seqlen_q: 2147483648 is beyond int32"),
+    "paged-small-v-cache": (lambda: torch.ops.fastattn.paged_attention(
+        r(1, 2, 8), r(4, 4, 1, 8), r(1, 4, 1, 8), i32([[3]]), i32([2]), None, 1, 0.3, True,
+        -1, -1, 0.0),
+        ValueError, r"^v_cache: expected the shape of k_cache"),
+    "append-small-v-cache": (lambda: torch.ops.fastattn.append_kv(
+        r(1000, 4, 1, 8), r(1, 4, 1, 8), r(1, 1, 8), r(1, 1, 8),
+        torch.tensor([3999], dtype=torch.int64)),
+        ValueError, r"^v_cache: expected the shape of k_cache"),
+    "append-heads": (lambda: torch.ops.fastattn.append_kv(
+        r(4, 4, 2, 8), r(4, 4, 2, 8), r(1, 1, 8), r(1, 1, 8), torch.tensor([0], dtype=torch.int64)),
+        ValueError, r"^k: expected shape \[T, Hk, D\] = \[T, 2, 8\]"),
+    "merge-short-lse": (lambda: torch.ops.fastattn.merge_attention_states(
+        r(5, 2, 8), r(1, 2), r(5, 2, 8), r(5, 2)),
+        ValueError, r"^lse_a: expected shape out_a.shape\[:-1\]"),
+    "merge-short-out-b": (lambda: torch.ops.fastattn.merge_attention_states(
+        r(5, 2, 8), r(5, 2), r(1, 2, 8), r(5, 2)),
+        ValueError, r"^out_b: expected the shape of out_a"),
+    "merge-lse-dtype": (lambda: torch.ops.fastattn.merge_attention_states(
+        r(5, 2, 8), r(5, 2).double(), r(5, 2, 8), r(5, 2)),
+        TypeError, r"^lse_a: expected dtype float32"),
+}
+
+
+@pytest.mark.parametrize("case", list(DIRECT_BAD_OPERANDS))
+def test_direct_op_bad_operands_rejected(case):
+    """Direct torch.ops calls check operands in C++ too: shapes, dtypes, head counts and
+    strides that the kernels would read out of bounds or misread."""
+    call, error, pattern = DIRECT_BAD_OPERANDS[case]
+    with pytest.raises(error, match=pattern):
+        call()
+    assert_still_works("attention")

@@ -25,6 +25,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -44,9 +45,11 @@ constexpr int kGemmRows = 256;    // target rows (query positions x group heads)
 constexpr int kMinGemmRows = 16;  // below this, direct loops beat a GEMM call
 constexpr int kPrefetch = 32;     // keys staged ahead of use
 
+// Every cache line of [p, p + bytes), the last of an unaligned range included.
 inline void prefetch(const void* p, int64_t bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off);
+  const uintptr_t first = reinterpret_cast<uintptr_t>(p);
+  for (uintptr_t line = first & ~uintptr_t(63); line < first + bytes; line += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(line));
 }
 
 // fp32 copies of a row.
@@ -163,10 +166,10 @@ class AttentionTile {
     float* sc = ws_.s.data();
     if (nr >= kMinGemmRows) {
       const int lds = vec::gemm_qk_stride(n);
-      if (vec::gemm_qk(q, nr, k_tile_, k_ld_, n, D, ws_.kt.data(), sc, lds)) {
+      if (tile_gemm_) {
+        vec::gemm_qk(q, nr, k_tile_, k_ld_, n, D, ws_.kt.data(), sc, lds);
         softmax_tile(n0, n, r0, nr, lds);
-        const bool done = vec::gemm_pv(sc, lds, nr, v_tile_, v_ld_, n, D, acc);
-        TORCH_INTERNAL_ASSERT(done, "gemm_pv must run wherever gemm_qk did");
+        vec::gemm_pv(sc, lds, nr, v_tile_, v_ld_, n, D, acc);
       } else {
         at::Tensor scores = view(sc, nr, n);
         at::mm_out(scores, view(q, nr, D, D), view(k_tile_, n, D, k_ld_).t());
@@ -262,6 +265,7 @@ class AttentionTile {
   const float* v_tile_ = nullptr;
   int64_t k_ld_ = 0;
   int64_t v_ld_ = 0;
+  const bool tile_gemm_ = vec::has_tile_gemm();
   std::vector<const float*> k_rows_ = std::vector<const float*>(kBlockN);
   std::vector<const float*> v_rows_ = std::vector<const float*>(kBlockN);
   int group_;
@@ -290,7 +294,7 @@ class Decode {
     keys_ = int(std::clamp<int64_t>(kTileBytes / token_bytes / 16 * 16, 16, 256));
     const size_t rows = size_t(per) * group_;
     qf_.resize(rows * D);
-    qn_.resize(rows * D);
+    if constexpr (kNativeQ) qn_.resize(rows * D);
     s_.resize(rows * keys_);
     acc_.resize(rows * D);
     state_.resize(rows);
@@ -337,7 +341,7 @@ class Decode {
     const T* q = static_cast<const T*>(p_.q);
     for (int r = 0; r < rows; ++r) {
       const T* src = q + q_offset(p_, it.s, it.b, 0, h0 + r);
-      std::copy_n(src, D, &qn_[size_t(r) * D]);
+      if constexpr (kNativeQ) std::copy_n(src, D, &qn_[size_t(r) * D]);
       to_float(src, &qf_[size_t(r) * D], D);
       state_[r].init();
     }
@@ -369,7 +373,7 @@ class Decode {
       }
       nk.rows = k_[cur ^ 1].data();
       nv.rows = v_[cur ^ 1].data();
-      vec::qk_rows(qf_.data(), qn_.data(), group_, it.hk1 - it.hk0, k_[cur].data(),
+      vec::qk_rows(qf_.data(), q_native(), group_, it.hk1 - it.hk0, k_[cur].data(),
                      it.hk0 * khs, khs, n, D, p_.softmax_scale, s_.data(), keys_, nk);
       for (int r = 0; r < rows; ++r)
         softmax_row(&s_[size_t(r) * keys_], n, 0, n, p_.softcap, state_[r],
@@ -403,6 +407,12 @@ class Decode {
   const AttnParams& p_;
   int per_, chunks_, group_, keys_;
   std::vector<float> qf_, s_, acc_;
+  // Queries in the cache dtype, for the bf16 dot product; fp32 reads qf_ itself.
+  static constexpr bool kNativeQ = std::is_same_v<T, c10::BFloat16>;
+  const T* q_native() const {
+    if constexpr (std::is_same_v<T, float>) return qf_.data();
+    return kNativeQ ? qn_.data() : nullptr;
+  }
   std::vector<T> qn_;
   std::vector<OnlineSoftmax> state_;
   std::vector<const T*> k_[2], v_[2];

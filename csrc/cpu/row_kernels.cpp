@@ -26,12 +26,11 @@
 #include <immintrin.h>
 #endif
 
+#include "cpu/simd.h"
 #include "cpu/vec.h"
 
 namespace fastattn::cpu::vec {
 namespace {
-
-#define FA_INLINE inline __attribute__((always_inline))
 
 template <typename E>
 float widen(E x) {
@@ -94,12 +93,7 @@ class Prefetcher {
 };
 
 // Plain loops: the path on CPUs without AVX-512 (and under FASTATTN_CPU_ISA=generic),
-// vectorised by the compiler for each x86 level and picked at load time.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FA_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FA_MULTIVERSION
-#endif
+// vectorised by the compiler for each x86 level (see simd.h).
 
 template <typename E>
 FA_MULTIVERSION void qk_generic(const float* q, int group, int heads, const E* const* k, int64_t off, int64_t hs,
@@ -140,13 +134,6 @@ FA_MULTIVERSION void pv_generic(const float* p, int64_t ldp, int group, int head
 // widening instantiations run on any AVX-512 CPU; FASTATTN_CPU_ISA=avx512 runs
 // them in tests/test_cpu_isa.py.
 #define FA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-
-FA_AVX512 FA_INLINE __mmask16 mask16(int left) {
-  return left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
-}
-FA_AVX512 FA_INLINE __mmask32 mask32(int left) {
-  return left >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << left) - 1);
-}
 
 // 16 fp32 values from 16 elements (fewer under the mask, zeros elsewhere).
 FA_AVX512 FA_INLINE __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
@@ -290,16 +277,7 @@ template <typename Fn>
 FA_INLINE void by_rows(int rows, Fn&& fn) {
   int r0 = 0;
   for (; r0 + 8 <= rows; r0 += 8) fn(std::integral_constant<int, 8>{}, r0);
-  switch (rows - r0) {
-    case 1: fn(std::integral_constant<int, 1>{}, r0); break;
-    case 2: fn(std::integral_constant<int, 2>{}, r0); break;
-    case 3: fn(std::integral_constant<int, 3>{}, r0); break;
-    case 4: fn(std::integral_constant<int, 4>{}, r0); break;
-    case 5: fn(std::integral_constant<int, 5>{}, r0); break;
-    case 6: fn(std::integral_constant<int, 6>{}, r0); break;
-    case 7: fn(std::integral_constant<int, 7>{}, r0); break;
-    default: break;
-  }
+  if (r0 < rows) with_rows<7>(rows - r0, [&](auto R) { fn(R, r0); });
 }
 
 template <typename P, typename E>

@@ -13,8 +13,8 @@
 //  - P.V: V rows are used in place; each MR x 64 block of O keeps MR x 4
 //    accumulators while j runs over the keys: 4 loads of V and MR broadcasts of
 //    P per 4 * MR FMAs.
-// Without AVX-512 (or under FASTATTN_CPU_ISA=generic) they return false and the
-// caller uses ATen's matmul.
+// Without AVX-512 (or under FASTATTN_CPU_ISA=generic) has_tile_gemm() is false
+// and the caller uses ATen's matmul.
 #include <algorithm>
 #include <cstdint>
 #include <utility>
@@ -22,6 +22,7 @@
 #include <immintrin.h>
 #endif
 
+#include "cpu/simd.h"
 #include "cpu/vec.h"
 
 namespace fastattn::cpu::vec {
@@ -29,14 +30,9 @@ namespace {
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define FA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
-#define FA_INLINE inline __attribute__((always_inline))
 
 constexpr int kQkRows = 12;  // MR of Q.K^T: 24 accumulators
 constexpr int kPvRows = 6;   // MR of P.V: 24 accumulators
-
-FA_INLINE __mmask16 mask16(int left) {
-  return left >= 16 ? __mmask16(0xffff) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
-}
 
 // kt[d * ld + j] = k[j * ldk + d] for j < n, 0 for n <= j < nw (nw a multiple
 // of 16): 16 x 16 blocks transposed in registers (64 shuffles per block).
@@ -135,21 +131,21 @@ FA_AVX512 void pv_micro(const float* p, int64_t ldp, int n, const float* v, int6
   }
 }
 
-// fn(std::integral_constant<int, R>) for R = rows in 1..N.
-template <int N, typename Fn>
-FA_INLINE void with_rows(int rows, Fn&& fn) {
-  [&]<int... I>(std::integer_sequence<int, I...>) {
-    ((rows == I + 1 ? (fn(std::integral_constant<int, I + 1>{}), true) : false) || ...);
-  }(std::make_integer_sequence<int, N>{});
-}
 #endif
 
 }  // namespace
 
-bool gemm_qk(const float* q, int m, const float* k, int64_t ldk, int n, int D, float* kt,
+bool has_tile_gemm() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  return isa() >= Isa::avx512;
+#else
+  return false;
+#endif
+}
+
+void gemm_qk(const float* q, int m, const float* k, int64_t ldk, int n, int D, float* kt,
              float* s, int64_t lds) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (isa() < Isa::avx512) return false;
   // kt rows (and the caller's score rows) are padded off multiples of 4 KiB, whose
   // rows would all fall in the same L1 set.
   const int nw = (n + 31) / 32 * 32, ld = gemm_qk_stride(n);
@@ -161,16 +157,12 @@ bool gemm_qk(const float* q, int m, const float* k, int64_t ldk, int n, int D, f
       with_rows<kQkRows>(std::min(kQkRows, m - r0), [&](auto R) {
         qk_micro<decltype(R)::value>(q + int64_t(r0) * D, D, kt + j0, ld, s + r0 * lds + j0, lds);
       });
-  return true;
-#else
-  return false;
 #endif
 }
 
-bool gemm_pv(const float* p, int64_t ldp, int m, const float* v, int64_t ldv, int n, int D,
+void gemm_pv(const float* p, int64_t ldp, int m, const float* v, int64_t ldv, int n, int D,
              float* acc) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (isa() < Isa::avx512) return false;
   for (int d0 = 0; d0 < D; d0 += 64) {
     const __mmask16 m0 = mask16(D - d0), m1 = mask16(D - d0 - 16), m2 = mask16(D - d0 - 32),
                     m3 = mask16(D - d0 - 48);
@@ -180,9 +172,6 @@ bool gemm_pv(const float* p, int64_t ldp, int m, const float* v, int64_t ldv, in
                                      acc + int64_t(r0) * D + d0, D);
       });
   }
-  return true;
-#else
-  return false;
 #endif
 }
 

@@ -2,24 +2,16 @@
 // loop: no branches in loop bodies, reductions marked `omp simd`.
 #include "cpu/vec.h"
 
+#include "cpu/simd.h"
+
 #include <algorithm>
 #include <bit>
 #include <type_traits>
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FA_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FA_MULTIVERSION
-#endif
-// Helpers must be inlined into each clone to be compiled for its ISA.
-#define FA_INLINE inline __attribute__((always_inline))
 
 namespace fastattn::cpu::vec {
 namespace {
@@ -46,24 +38,6 @@ FA_INLINE float exp_nonpositive(float x) {
   const float scale = std::bit_cast<float>((int32_t(n) + 127) << 23);
   return underflow ? 0.0f : p * scale;
 }
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#define FA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
-
-FA_AVX512 inline __mmask16 tail_mask(int remaining) {
-  return remaining >= 16 ? __mmask16(0xffff) : __mmask16((1u << remaining) - 1);
-}
-
-FA_AVX512 void bf16_to_f32_avx512(const uint16_t* src, float* dst, int n) {
-  for (int i = 0; i < n; i += 16) {
-    const __mmask16 m = tail_mask(n - i);
-    const __m256i h = _mm256_maskz_loadu_epi16(m, src + i);
-    const __m512i w = _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
-    _mm512_mask_storeu_ps(dst + i, m, _mm512_castsi512_ps(w));
-  }
-}
-
-#endif
 
 }  // namespace
 
@@ -112,15 +86,8 @@ FA_MULTIVERSION float exp_sum(float* x, float shift, int n) {
   return s;
 }
 
-FA_MULTIVERSION static void bf16_to_f32_generic(const uint16_t* src, float* dst, int n) {
+FA_MULTIVERSION void bf16_to_f32(const uint16_t* src, float* dst, int n) {
   for (int i = 0; i < n; ++i) dst[i] = std::bit_cast<float>(uint32_t(src[i]) << 16);
-}
-
-void bf16_to_f32(const uint16_t* src, float* dst, int n) {
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (isa() >= Isa::avx512) return bf16_to_f32_avx512(src, dst, n);
-#endif
-  bf16_to_f32_generic(src, dst, n);
 }
 
 FA_MULTIVERSION void f16_to_f32(const uint16_t* src, float* dst, int n) {

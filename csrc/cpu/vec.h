@@ -1,9 +1,9 @@
 #pragma once
 // Vector kernels of the CPU attention (vec.cpp: softmax steps and conversions;
-// row_kernels.cpp: few-row Q.K and P.V). Each has hand-written AVX-512 forms
-// and plain loops compiled for several x86 levels (AVX-512, AVX2+FMA,
-// baseline), picked at load time: one wheel is fast on new CPUs and still runs
-// on old ones.
+// row_kernels.cpp: few-row Q.K and P.V; tile_gemm.cpp: many-row GEMMs). The
+// row and GEMM kernels have hand-written AVX-512 forms, chosen by isa(); every
+// other loop (and the fallbacks) is compiled for several x86 levels and picked
+// at load time (simd.h): one wheel is fast on new CPUs and still runs on old ones.
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -13,7 +13,8 @@ namespace fastattn::cpu::vec {
 
 // Instruction sets the hand-written kernels use, in order. The level is what
 // the CPU supports, capped by FASTATTN_CPU_ISA=generic|avx512 (read once) so
-// that tests can run the fallbacks on a machine that has more.
+// that tests can run the fallbacks on a machine that has more. It does not pick
+// among the compiler's multiversioned clones: the CPU does (simd.h).
 enum class Isa { generic, avx512, avx512_bf16 };
 Isa isa();
 
@@ -28,17 +29,18 @@ float exp_sum(float* x, float shift, int n);
 void bf16_to_f32(const uint16_t* src, float* dst, int n);
 void f16_to_f32(const uint16_t* src, float* dst, int n);
 
-// GEMMs of the many-rows tiles (tile_gemm.cpp), fp32, AVX-512; both return
-// false without it (the caller then uses ATen's matmul).
+// GEMMs of the many-rows tiles (tile_gemm.cpp), fp32, AVX-512: callable when
+// has_tile_gemm() (else the caller uses ATen's matmul).
+bool has_tile_gemm();
 // s[r * lds + j] = q[r] . k_j for r < m, j < n: q [m, D] contiguous, k_j at
 // k + j * ldk; lds >= n rounded up to 32, and s[r * lds + j] up to there is
 // written too (with 0); kt: scratch of D * gemm_qk_stride(n). gemm_qk_stride
 // is also the best lds: rows 64 bytes off a multiple of 4 KiB.
 inline int gemm_qk_stride(int n) { return (n + 31) / 32 * 32 + 16; }
-bool gemm_qk(const float* q, int m, const float* k, int64_t ldk, int n, int D, float* kt,
+void gemm_qk(const float* q, int m, const float* k, int64_t ldk, int n, int D, float* kt,
              float* s, int64_t lds);
 // acc[r * D + d] += sum_j p[r * ldp + j] * v[j * ldv + d] for r < m, j < n.
-bool gemm_pv(const float* p, int64_t ldp, int m, const float* v, int64_t ldv, int n, int D,
+void gemm_pv(const float* p, int64_t ldp, int m, const float* v, int64_t ldv, int n, int D,
              float* acc);
 
 // Row kernels (decode, and tiles with few query rows): the query rows of
@@ -47,8 +49,8 @@ bool gemm_pv(const float* p, int64_t ldp, int m, const float* v, int64_t ldv, in
 // values for head h (0-based in the call) are at k[j] + off + h * hs.
 //
 // Row r = h * group + g: s[r * lds + j] = scale * (q[r] . k_j), q [heads * group,
-// D] in fp32 and, q_native, the same rows in dtype E (the bf16 dot product
-// reads those). pv_rows: acc[r] += sum_j p[r * ldp + j] * v_j, acc fp32.
+// D] in fp32 and, q_native, the same rows in dtype E (read by the bf16 dot
+// product only: it may be null for fp16). pv_rows: acc[r] += sum_j p[r * ldp + j] * v_j, acc fp32.
 //
 // `next` is the tile the caller reads next (same hs); the kernels prefetch it
 // in memory order as they consume this one.

@@ -13,7 +13,7 @@ TensorPair attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Ten
                          const std::optional<at::Tensor>& kv_lens, double softmax_scale,
                          bool causal, int64_t window_left, int64_t window_right,
                          double softcap) {
-  check_dense_indices(q, kv_lens);
+  check_dense_inputs(q, k, v, kv_lens);
   if (kv_lens.has_value()) check_kv_lens_host(*kv_lens, k.size(1));
   auto [out, lse] = alloc_out_lse(q);
   if (q.numel() == 0) return {out, lse};
@@ -28,7 +28,7 @@ TensorPair attention_varlen_cpu(const at::Tensor& q, const at::Tensor& k, const 
                                 int64_t max_seqlen_q, int64_t max_seqlen_k,
                                 double softmax_scale, bool causal, int64_t window_left,
                                 int64_t window_right, double softcap) {
-  check_varlen_indices(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k);
+  check_varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k);
   check_cu_seqlens_host(cu_seqlens_q, q.size(0), max_seqlen_q, "cu_seqlens_q", "q.shape[0]",
                         "max_seqlen_q");
   check_cu_seqlens_host(cu_seqlens_k, k.size(0), max_seqlen_k, "cu_seqlens_k", "k.shape[0]",
@@ -48,7 +48,7 @@ TensorPair paged_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache,
                                const std::optional<at::Tensor>& cu_seqlens_q,
                                int64_t max_seqlen_q, double softmax_scale, bool causal,
                                int64_t window_left, int64_t window_right, double softcap) {
-  check_paged_indices(q, block_table, seq_lens, cu_seqlens_q, max_seqlen_q);
+  check_paged_inputs(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q);
   if (cu_seqlens_q.has_value())
     check_cu_seqlens_host(*cu_seqlens_q, q.size(0), max_seqlen_q, "cu_seqlens_q", "q.shape[0]",
                           "max_seqlen_q");

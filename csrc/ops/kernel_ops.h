@@ -165,7 +165,7 @@ void check_cache_aligned(const at::Tensor& cache, const char* name) {
 TensorPair attention_k(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                        const std::optional<at::Tensor>& kv_lens, double softmax_scale,
                        bool causal, int64_t window_left, int64_t window_right, double softcap) {
-  check_dense_indices(q_in, kv_lens);
+  check_dense_inputs(q_in, k_in, v_in, kv_lens);
   Launch launch(q_in);
   const at::Tensor q = aligned_16(q_in), k = aligned_16(k_in), v = aligned_16(v_in);
   auto [out, lse] = alloc_out_lse(q);
@@ -183,7 +183,7 @@ TensorPair attention_varlen_k(const at::Tensor& q_in, const at::Tensor& k_in,
                               const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
                               int64_t max_seqlen_k, double softmax_scale, bool causal,
                               int64_t window_left, int64_t window_right, double softcap) {
-  check_varlen_indices(q_in, k_in, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k);
+  check_varlen_inputs(q_in, k_in, v_in, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k);
   Launch launch(q_in);
   const at::Tensor q = aligned_16(q_in), k = aligned_16(k_in), v = aligned_16(v_in);
   auto [out, lse] = alloc_out_lse(q);
@@ -203,7 +203,7 @@ TensorPair paged_attention_k(const at::Tensor& q_in, const at::Tensor& k_cache,
                              const std::optional<at::Tensor>& cu_seqlens_q, int64_t max_seqlen_q,
                              double softmax_scale, bool causal, int64_t window_left,
                              int64_t window_right, double softcap) {
-  check_paged_indices(q_in, block_table, seq_lens, cu_seqlens_q, max_seqlen_q);
+  check_paged_inputs(q_in, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q);
   Launch launch(q_in);
   // Decode reads unaligned rows with scalar loads; extend runs the tensor-core kernel.
   const at::Tensor q = cu_seqlens_q.has_value() ? aligned_16(q_in) : q_in;
@@ -235,7 +235,7 @@ TensorPair paged_attention_k(const at::Tensor& q_in, const at::Tensor& k_cache,
 
 void append_kv_k(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& k,
                  const at::Tensor& v, const at::Tensor& slot_mapping) {
-  check_append_indices(k, slot_mapping);
+  check_append_inputs(k_cache, v_cache, k, v, slot_mapping);
   Launch launch(k_cache);
   if (k.size(0) == 0) return;
   AppendKVParams p = make_append_params(k_cache, v_cache, k, v, slot_mapping);

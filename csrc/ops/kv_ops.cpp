@@ -11,7 +11,7 @@ namespace {
 
 void append_kv_cpu(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& k,
                    const at::Tensor& v, const at::Tensor& slot_mapping) {
-  check_append_indices(k, slot_mapping);
+  check_append_inputs(k_cache, v_cache, k, v, slot_mapping);
   check_slots_host(slot_mapping, k_cache.size(0) * k_cache.size(1));
   cpu::append_kv(make_append_params(k_cache, v_cache, k, v, slot_mapping),
                  k_cache.scalar_type());

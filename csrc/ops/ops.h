@@ -54,16 +54,20 @@ struct MergeInputs {
   at::Tensor a, b, la, lb;
 };
 
-// Shapes and dtypes of the index tensors, checked again in C++ because the ops can be
-// called directly (torch.ops.fastattn.*) without the Python layer.
-void check_dense_indices(const at::Tensor& q, const std::optional<at::Tensor>& kv_lens);
-void check_varlen_indices(const at::Tensor& q, const at::Tensor& k,
-                          const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k,
-                          int64_t max_seqlen_q, int64_t max_seqlen_k);
-void check_paged_indices(const at::Tensor& q, const at::Tensor& block_table,
-                         const at::Tensor& seq_lens,
-                         const std::optional<at::Tensor>& cu_seqlens_q, int64_t max_seqlen_q);
-void check_append_indices(const at::Tensor& k, const at::Tensor& slot_mapping);
+// Shapes, dtypes and devices of the operands and index tensors, checked again in C++
+// because the ops can be called directly (torch.ops.fastattn.*) without the Python
+// layer; merge_attention_states' inputs are checked by MergeInputs.
+void check_dense_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        const std::optional<at::Tensor>& kv_lens);
+void check_varlen_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                         const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k,
+                         int64_t max_seqlen_q, int64_t max_seqlen_k);
+void check_paged_inputs(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                        const at::Tensor& block_table, const at::Tensor& seq_lens,
+                        const std::optional<at::Tensor>& cu_seqlens_q, int64_t max_seqlen_q);
+void check_append_inputs(const at::Tensor& k_cache, const at::Tensor& v_cache,
+                         const at::Tensor& k, const at::Tensor& v,
+                         const at::Tensor& slot_mapping);
 
 // Value checks for index tensors that live on the host.
 void check_kv_lens_host(const at::Tensor& kv_lens, int64_t seqlen_k);

@@ -3,6 +3,8 @@
 // registration, the CUDA registration and the emulated-kernel test ops.
 #include <ATen/ATen.h>
 
+#include <limits>
+
 #include "ops/ops.h"
 
 namespace fastattn::ops {
@@ -138,19 +140,22 @@ AttnParams make_paged_params(const at::Tensor& q, const at::Tensor& k_cache,
   return p;
 }
 
-// ---- index-tensor shapes (for direct calls of torch.ops.fastattn.*, which skip the
-// Python checks): every kernel indexes these by batch row, so a short one would be
-// read out of bounds.
+// ---- operand and index-tensor shapes (for direct calls of torch.ops.fastattn.*,
+// which skip the Python checks): the kernels index every operand by the sizes of
+// q / the caches, so a short, mistyped or misplaced one would be read (or written)
+// out of bounds.
 
 namespace {
 
-void check_index(const at::Tensor& t, at::ScalarType dtype, int64_t numel, const char* name,
-                 const char* expected) {
+void check_index(const at::Tensor& t, at::ScalarType dtype, int64_t numel, const at::Tensor& ref,
+                 const char* name, const char* expected) {
   TORCH_CHECK_TYPE(t.scalar_type() == dtype, name, ": expected dtype ", dtype, ", got ",
                    t.scalar_type());
   TORCH_CHECK_VALUE(t.dim() == 1 && t.numel() == numel && t.is_contiguous(), name,
                     ": expected a contiguous tensor of shape ", expected, " = [", numel,
                     "], got ", t.sizes());
+  TORCH_CHECK_VALUE(t.device() == ref.device(), name, ": expected device ", ref.device(),
+                    ", got ", t.device());
 }
 
 void check_packed(int64_t batch, int64_t total, int64_t max_seqlen, const char* cu_name,
@@ -159,38 +164,83 @@ void check_packed(int64_t batch, int64_t total, int64_t max_seqlen, const char* 
                     " has ", total, " tokens");
   TORCH_CHECK_VALUE(max_seqlen > 0 || total == 0, max_name, ": 0, but ", t_name, " has ",
                     total, " tokens");
+  TORCH_CHECK_VALUE(max_seqlen <= std::numeric_limits<int32_t>::max(), max_name, ": ",
+                    max_seqlen, " is beyond int32");
+}
+
+// A floating-point operand of `dim` dimensions with the dtype and device of `ref`
+// and a contiguous last dimension.
+void check_operand(const at::Tensor& t, const at::Tensor& ref, int64_t dim, const char* name,
+                   const char* expected) {
+  TORCH_CHECK_VALUE(t.dim() == dim, name, ": expected shape ", expected, ", got ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), name, ": expected dtype ",
+                   ref.scalar_type(), " (that of q), got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == ref.device(), name, ": expected device ", ref.device(),
+                    " (that of q), got ", t.device());
+  TORCH_CHECK_VALUE(t.size(-1) <= 1 || t.stride(-1) == 1, name,
+                    ": the last dimension must be contiguous (stride 1), got strides ",
+                    t.strides());
+}
+
+// k and v alike; head dim as q's; Hq a multiple of Hk >= 1.
+void check_kv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const char* k_name,
+              const char* v_name) {
+  TORCH_CHECK_VALUE(v.sizes() == k.sizes(), v_name, ": expected the shape of ", k_name, " ",
+                    k.sizes(), ", got ", v.sizes());
+  TORCH_CHECK_VALUE(k.size(-1) == q.size(-1), k_name, ": head dim D = ", k.size(-1),
+                    ", expected D = ", q.size(-1), " (that of q)");
+  const int64_t hq = q.size(-2), hk = k.size(-2);
+  TORCH_CHECK_VALUE(hk >= 1 && hq % hk == 0, k_name, ": Hk = ", hk,
+                    " KV heads; expected Hk >= 1 dividing Hq = ", hq);
 }
 
 }  // namespace
 
-void check_dense_indices(const at::Tensor& q, const std::optional<at::Tensor>& kv_lens) {
-  if (kv_lens.has_value()) check_index(*kv_lens, at::kInt, q.size(0), "kv_lens", "[B]");
+void check_dense_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        const std::optional<at::Tensor>& kv_lens) {
+  check_operand(q, q, 4, "q", "[B, Sq, Hq, D]");
+  check_operand(k, q, 4, "k", "[B, Sk, Hk, D]");
+  check_operand(v, q, 4, "v", "[B, Sk, Hk, D]");
+  check_kv(q, k, v, "k", "v");
+  TORCH_CHECK_VALUE(k.size(0) == q.size(0), "k: expected batch B = ", q.size(0),
+                    " (that of q), got ", k.sizes());
+  if (kv_lens.has_value()) check_index(*kv_lens, at::kInt, q.size(0), q, "kv_lens", "[B]");
 }
 
-void check_varlen_indices(const at::Tensor& q, const at::Tensor& k,
-                          const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k,
-                          int64_t max_seqlen_q, int64_t max_seqlen_k) {
+void check_varlen_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                         const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k,
+                         int64_t max_seqlen_q, int64_t max_seqlen_k) {
+  check_operand(q, q, 3, "q", "[Tq, Hq, D]");
+  check_operand(k, q, 3, "k", "[Tk, Hk, D]");
+  check_operand(v, q, 3, "v", "[Tk, Hk, D]");
+  check_kv(q, k, v, "k", "v");
   TORCH_CHECK_VALUE(cu_seqlens_q.dim() == 1 && cu_seqlens_q.numel() >= 1,
                     "cu_seqlens_q: expected shape [B + 1] with at least one entry, got ",
                     cu_seqlens_q.sizes());
   const int64_t batch = cu_seqlens_q.numel() - 1;
-  check_index(cu_seqlens_q, at::kInt, batch + 1, "cu_seqlens_q", "[B + 1]");
-  check_index(cu_seqlens_k, at::kInt, batch + 1, "cu_seqlens_k", "[B + 1]");
+  check_index(cu_seqlens_q, at::kInt, batch + 1, q, "cu_seqlens_q", "[B + 1]");
+  check_index(cu_seqlens_k, at::kInt, batch + 1, q, "cu_seqlens_k", "[B + 1]");
   check_packed(batch, q.size(0), max_seqlen_q, "cu_seqlens_q", "q", "max_seqlen_q");
   check_packed(batch, k.size(0), max_seqlen_k, "cu_seqlens_k", "k", "max_seqlen_k");
 }
 
-void check_paged_indices(const at::Tensor& q, const at::Tensor& block_table,
-                         const at::Tensor& seq_lens,
-                         const std::optional<at::Tensor>& cu_seqlens_q, int64_t max_seqlen_q) {
+void check_paged_inputs(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                        const at::Tensor& block_table, const at::Tensor& seq_lens,
+                        const std::optional<at::Tensor>& cu_seqlens_q, int64_t max_seqlen_q) {
+  check_operand(q, q, 3, "q", "[B, Hq, D] (decode) or [Tq, Hq, D] (with cu_seqlens_q)");
+  check_operand(k_cache, q, 4, "k_cache", "[P, page_size, Hk, D]");
+  check_operand(v_cache, q, 4, "v_cache", "[P, page_size, Hk, D]");
+  check_kv(q, k_cache, v_cache, "k_cache", "v_cache");
   TORCH_CHECK_TYPE(block_table.scalar_type() == at::kInt, "block_table: expected dtype int32");
   TORCH_CHECK_VALUE(block_table.dim() == 2 && (block_table.numel() == 0 || block_table.stride(1) == 1),
                     "block_table: expected shape [B, max_pages] with contiguous rows, got ",
                     block_table.sizes());
+  TORCH_CHECK_VALUE(block_table.device() == q.device(), "block_table: expected device ",
+                    q.device(), ", got ", block_table.device());
   const int64_t batch = block_table.size(0);
-  check_index(seq_lens, at::kInt, batch, "seq_lens", "[B]");
+  check_index(seq_lens, at::kInt, batch, q, "seq_lens", "[B]");
   if (cu_seqlens_q.has_value()) {
-    check_index(*cu_seqlens_q, at::kInt, batch + 1, "cu_seqlens_q", "[B + 1]");
+    check_index(*cu_seqlens_q, at::kInt, batch + 1, q, "cu_seqlens_q", "[B + 1]");
     check_packed(batch, q.size(0), max_seqlen_q, "cu_seqlens_q", "q", "max_seqlen_q");
   } else {
     TORCH_CHECK_VALUE(q.size(0) == batch, "q: expected shape [B, Hq, D] with B = ", batch,
@@ -198,8 +248,21 @@ void check_paged_indices(const at::Tensor& q, const at::Tensor& block_table,
   }
 }
 
-void check_append_indices(const at::Tensor& k, const at::Tensor& slot_mapping) {
-  check_index(slot_mapping, at::kLong, k.size(0), "slot_mapping", "[T]");
+void check_append_inputs(const at::Tensor& k_cache, const at::Tensor& v_cache,
+                         const at::Tensor& k, const at::Tensor& v,
+                         const at::Tensor& slot_mapping) {
+  check_operand(k_cache, k_cache, 4, "k_cache", "[P, page_size, Hk, D]");
+  check_operand(v_cache, k_cache, 4, "v_cache", "[P, page_size, Hk, D]");
+  check_operand(k, k_cache, 3, "k", "[T, Hk, D]");
+  check_operand(v, k_cache, 3, "v", "[T, Hk, D]");
+  TORCH_CHECK_VALUE(v_cache.sizes() == k_cache.sizes(), "v_cache: expected the shape of k_cache ",
+                    k_cache.sizes(), ", got ", v_cache.sizes());
+  TORCH_CHECK_VALUE(v.sizes() == k.sizes(), "v: expected the shape of k ", k.sizes(), ", got ",
+                    v.sizes());
+  TORCH_CHECK_VALUE(k.size(1) == k_cache.size(2) && k.size(2) == k_cache.size(3),
+                    "k: expected shape [T, Hk, D] = [T, ", k_cache.size(2), ", ", k_cache.size(3),
+                    "] (Hk, D of k_cache), got ", k.sizes());
+  check_index(slot_mapping, at::kLong, k.size(0), k_cache, "slot_mapping", "[T]");
 }
 
 void check_kv_lens_host(const at::Tensor& kv_lens, int64_t seqlen_k) {
@@ -290,10 +353,36 @@ AppendKVParams make_append_params(const at::Tensor& k_cache, const at::Tensor& v
 }
 
 
+namespace {
+
+// out_a, out_b [..., D] alike with a contiguous last dimension; lse_a, lse_b float32
+// shaped out_a.shape[:-1]. Checked before the reshapes below.
+const at::Tensor& checked_out_a(const at::Tensor& out_a, const at::Tensor& lse_a,
+                                const at::Tensor& out_b, const at::Tensor& lse_b) {
+  TORCH_CHECK_VALUE(out_a.dim() >= 1, "out_a: expected shape [..., D], got ", out_a.sizes());
+  check_operand(out_a, out_a, out_a.dim(), "out_a", "[..., D]");
+  check_operand(out_b, out_a, out_a.dim(), "out_b", "[..., D] like out_a");
+  TORCH_CHECK_VALUE(out_b.sizes() == out_a.sizes(), "out_b: expected the shape of out_a ",
+                    out_a.sizes(), ", got ", out_b.sizes());
+  const auto rows = out_a.sizes().slice(0, out_a.dim() - 1);
+  for (const auto* lse : {&lse_a, &lse_b}) {
+    const char* name = lse == &lse_a ? "lse_a" : "lse_b";
+    TORCH_CHECK_TYPE(lse->scalar_type() == at::kFloat, name, ": expected dtype float32, got ",
+                     lse->scalar_type());
+    TORCH_CHECK_VALUE(lse->sizes() == rows, name, ": expected shape out_a.shape[:-1] = ", rows,
+                      ", got ", lse->sizes());
+    TORCH_CHECK_VALUE(lse->device() == out_a.device(), name, ": expected device ",
+                      out_a.device(), ", got ", lse->device());
+  }
+  return out_a;
+}
+
+}  // namespace
+
 MergeInputs::MergeInputs(const at::Tensor& out_a, const at::Tensor& lse_a,
                          const at::Tensor& out_b, const at::Tensor& lse_b)
     // Views when the strides allow (the usual case), copies otherwise.
-    : a(out_a.reshape({-1, out_a.size(-1)})),
+    : a(checked_out_a(out_a, lse_a, out_b, lse_b).reshape({-1, out_a.size(-1)})),
       b(out_b.reshape({-1, out_b.size(-1)})),
       la(lse_a.reshape({-1}).contiguous()),
       lb(lse_b.reshape({-1}).contiguous()) {}
