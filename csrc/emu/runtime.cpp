@@ -627,13 +627,17 @@ void fiber_entry() {
 #if defined(FA_EMU_ASAN)
   __sanitizer_finish_switch_fiber(nullptr, &b->sched_stack_bottom, &b->sched_stack_size);
 #endif
+  // abort_fiber never returns: call it after the handler has finished, or the
+  // exception would stay "being handled" on this OS thread (and leak).
+  std::string error;
   try {
     b->launch.kernel.fn(b->launch.kernel.ctx);
   } catch (const std::exception& e) {
-    abort_fiber(f, std::string("kernel threw: ") + e.what());
+    error = std::string("kernel threw: ") + e.what();
   } catch (...) {
-    abort_fiber(f, "kernel threw a non-standard exception");
+    error = "kernel threw a non-standard exception";
   }
+  if (!error.empty()) abort_fiber(f, error);
   fiber_exit(f);
 }
 

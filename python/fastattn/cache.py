@@ -348,8 +348,8 @@ class PagedKVCache:
 
     def reset(self) -> None:
         """Free every sequence and reset the page-use peak (storage is not cleared)."""
-        for seq_id in list(self._lens):
-            self.free(seq_id)
+        self._pages.clear()
+        self._lens.clear()
         self._free = list(range(self._num_pages - 1, -1, -1))
         self._next_id = 0
         self._peak_pages_used = 0

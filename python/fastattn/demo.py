@@ -7,7 +7,7 @@ random weights serves a handful of random prompts the way an inference server wo
 - every step packs one batch of new tokens: one decode token for each running sequence,
   then prefill chunks of waiting prompts up to a token budget (a long prompt is prefilled
   over several steps), so prefill and decode share a step;
-- attention is `fastattn.append_kv` + `fastattn.paged_attention` on a `PagedKVCache`
+- attention is `PagedKVCache.append` + `fastattn.paged_attention` on a `PagedKVCache`
   (the decode form when every sequence has one new token, else `cu_seqlens_q`);
 - a sequence that has generated its `max_new_tokens` (greedy) frees its pages at once.
 
@@ -31,7 +31,7 @@ from typing import Callable, List, Optional
 import torch
 import torch.nn.functional as F
 
-from fastattn import append_kv, paged_attention
+from fastattn import paged_attention
 from fastattn.cache import PagedBatch, PagedKVCache
 
 DTYPES = {
@@ -248,8 +248,8 @@ class Engine:
         cache = self.cache
 
         def attend(layer, q, k, v):
+            cache.append(layer, k, v, batch.slot_mapping)
             k_cache, v_cache = cache.k_cache(layer), cache.v_cache(layer)
-            append_kv(k_cache, v_cache, k, v, batch.slot_mapping)
             if batch.is_decode:  # one new token per sequence: q is [B, Hq, D]
                 return paged_attention(q, k_cache, v_cache, batch.block_table, batch.seq_lens)
             return paged_attention(q, k_cache, v_cache, batch.block_table, batch.seq_lens,
