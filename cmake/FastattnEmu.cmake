@@ -73,14 +73,14 @@ endif()
 
 install(TARGETS _emu LIBRARY DESTINATION fastattn)
 
-# fastattn._emu_ops: torch.ops.fastattn_emu.*, the op glue (csrc/ops/kernel_ops.h) over
-# the CUDA kernel sources compiled for the emulation (csrc/emu/<op>_emu.cpp, each
-# including its csrc/cuda/<op>.cu with FASTATTN_EMULATION defined).
+# fastattn._emu_ops: torch.ops.fastattn_emu.*, the op glue (csrc/emu/ops_emu.cpp, over
+# csrc/ops/kernel_ops.h) and the CUDA kernel sources compiled for the emulation (the
+# other csrc/emu/<op>_emu.cpp, each including its csrc/cuda/<op>.cu with
+# FASTATTN_EMULATION defined).
 file(GLOB _fa_emu_kernels CONFIGURE_DEPENDS "${_fa_emu_root}/csrc/emu/*_emu.cpp")
 list(REMOVE_ITEM _fa_emu_kernels "${_fa_emu_root}/csrc/emu/test_kernels_emu.cpp")
 pybind11_add_module(_emu_ops MODULE
   "${_fa_emu_root}/csrc/emu/ops_module.cpp"
-  "${_fa_emu_root}/csrc/emu/ops_emu.cpp"
   "${_fa_emu_root}/csrc/ops/params.cpp"
   ${_fa_emu_kernels})
 target_include_directories(_emu_ops PRIVATE "${_fa_emu_root}/csrc/include" "${_fa_emu_root}/csrc")

@@ -178,6 +178,19 @@ def test_misaligned_cache_rejected():
                             cu_seqlens([3]), 3, 0.125, True, -1, -1, 0.0)
 
 
+def test_grid_limits_rejected_before_launch():
+    """Grid y/z are 16-bit: more query heads (or sequences) than a launch can take is a
+    ValueError naming q, raised by the op glue before any launch."""
+    q = torch.zeros(1, 1, 65536, 8, dtype=F16)
+    kv = torch.zeros(1, 1, 1, 8, dtype=F16)
+    with pytest.raises(ValueError, match=r"^q: Hq = 65536 query heads; the CUDA kernels take at most"):
+        OPS.attention(q, kv, kv, None, 0.125, False, -1, -1, 0.0)
+    q = torch.zeros(65536, 1, 1, 8, dtype=F16)
+    kv = torch.zeros(65536, 1, 1, 8, dtype=F16)
+    with pytest.raises(ValueError, match=r"^q: 65536 sequences in one call"):
+        OPS.attention(q, kv, kv, None, 0.125, False, -1, -1, 0.0)
+
+
 # ---------------------------------------------------------------------------------------
 # varlen
 # ---------------------------------------------------------------------------------------

@@ -79,12 +79,14 @@ struct ErrorFlag {
   int32_t* device = nullptr;  // the same word, as the device sees it
 };
 
+// One per device, sized once (so references stay valid), allocated on first use.
+std::mutex g_flags_mutex;
+std::vector<ErrorFlag> g_flags;
+
 ErrorFlag& error_flag(int device) {
-  static std::mutex mutex;
-  static std::vector<ErrorFlag> flags;
-  std::lock_guard<std::mutex> lock(mutex);
-  if (flags.empty()) flags.resize(c10::cuda::device_count());
-  ErrorFlag& f = flags.at(device);
+  std::lock_guard<std::mutex> lock(g_flags_mutex);
+  if (g_flags.empty()) g_flags.resize(c10::cuda::device_count());
+  ErrorFlag& f = g_flags.at(device);
   if (!f.host) {
     C10_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&f.host), sizeof(int32_t),
                                  cudaHostAllocMapped));
@@ -100,20 +102,28 @@ void raise_if_flagged(ErrorFlag& f, const char* when) {
                     "and skipped them (its outputs are not valid): ", describe_errors(bits));
 }
 
+// Multiprocessor count of a device, queried once (decode sizes its split-KV by it).
+int multiprocessor_count(int device) {
+  static std::mutex mutex;
+  static std::vector<int> counts;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (counts.empty()) counts.resize(c10::cuda::device_count(), 0);
+  int& n = counts.at(device);
+  if (n == 0) C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+  return n;
+}
+
 struct Launch {
-  explicit Launch(const at::Tensor& t) : guard(t.device()), flag(error_flag(t.get_device())) {
+  explicit Launch(const at::Tensor& t)
+      : guard(t.device()), device(t.get_device()), flag(error_flag(device)) {
     raise_if_flagged(flag, "before this call,");
-    stream = c10::cuda::getCurrentCUDAStream(t.get_device()).stream();
+    stream = c10::cuda::getCurrentCUDAStream(device).stream();
   }
   int32_t* error_flag_ptr() const { return flag.device; }
   void done() const {}
-  int num_sms() const {
-    int device = 0, sms = 0;
-    C10_CUDA_CHECK(cudaGetDevice(&device));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    return sms;
-  }
+  int num_sms() const { return multiprocessor_count(device); }
   c10::cuda::CUDAGuard guard;
+  int device;
   ErrorFlag& flag;
   void* stream;
 };
@@ -136,6 +146,21 @@ struct Launch {
 };
 
 #endif
+
+// Launch-grid limits of the kernels (grid y and z are 16-bit; the attention kernel
+// indexes a (batch row, KV head)'s packed query rows with int), checked before any
+// launch so that they raise ValueError naming the argument.
+void check_grid(const AttnParams& p, bool decode) {
+  TORCH_CHECK_VALUE(p.num_heads_q <= 65535, "q: Hq = ", p.num_heads_q,
+                    " query heads; the CUDA kernels take at most 65535");
+  if (decode) return;  // decode puts the batch on grid x
+  TORCH_CHECK_VALUE(p.batch <= 65535, "q: ", p.batch,
+                    " sequences in one call; the CUDA attention kernel takes at most 65535");
+  const int64_t rows = int64_t(p.seqlen_q) * (p.num_heads_q / p.num_heads_k);
+  TORCH_CHECK_VALUE(rows <= (int64_t(1) << 31) - 65, "q: max_seqlen_q * Hq / Hk = ", rows,
+                    " query rows per sequence and KV head; the CUDA attention kernel takes "
+                    "at most 2^31 - 65");
+}
 
 // The tensor-core kernel copies 16-byte chunks (cp.async): every row it reads must
 // start on a 16-byte boundary.
@@ -172,6 +197,7 @@ TensorPair attention_k(const at::Tensor& q_in, const at::Tensor& k_in, const at:
   if (q.numel() == 0) return {out, lse};
   AttnParams p = make_dense_params(q, k, v, kv_lens, out, lse, softmax_scale, causal,
                                    window_left, window_right, softcap);
+  check_grid(p, false);
   p.error_flag = launch.error_flag_ptr();
   kernels::attention_fwd(p, kernel_dtype(q), launch.stream);
   launch.done();
@@ -191,6 +217,7 @@ TensorPair attention_varlen_k(const at::Tensor& q_in, const at::Tensor& k_in,
   AttnParams p = make_varlen_params(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                     max_seqlen_k, out, lse, softmax_scale, causal, window_left,
                                     window_right, softcap);
+  check_grid(p, false);
   p.error_flag = launch.error_flag_ptr();
   kernels::attention_fwd(p, kernel_dtype(q), launch.stream);
   launch.done();
@@ -216,6 +243,7 @@ TensorPair paged_attention_k(const at::Tensor& q_in, const at::Tensor& k_cache,
   AttnParams p = make_paged_params(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q,
                                    max_seqlen_q, out, lse, softmax_scale, causal, window_left,
                                    window_right, softcap);
+  check_grid(p, !cu_seqlens_q.has_value());
   p.error_flag = launch.error_flag_ptr();
   if (cu_seqlens_q.has_value()) {
     kernels::attention_fwd(p, kernel_dtype(q), launch.stream);
@@ -260,9 +288,19 @@ TensorPair merge_attention_states_k(const at::Tensor& out_a, const at::Tensor& l
 
 #if defined(FASTATTN_KERNEL_OPS_CUDA)
 void check_kernel_errors() {
-  C10_CUDA_CHECK(cudaDeviceSynchronize());
-  for (int d = 0; d < c10::cuda::device_count(); ++d)
-    raise_if_flagged(error_flag(d), "since the last check,");
+  // Only devices fastattn launched on have a flag; each is synchronised before its
+  // flag is read, so kernels still running there report now.
+  std::vector<int> used;
+  {
+    std::lock_guard<std::mutex> lock(g_flags_mutex);
+    for (int d = 0; d < int(g_flags.size()); ++d)
+      if (g_flags[d].host) used.push_back(d);
+  }
+  for (int d : used) {
+    const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(d));
+    C10_CUDA_CHECK(cudaDeviceSynchronize());
+    raise_if_flagged(g_flags[d], "since the last check,");
+  }
 }
 #else
 void set_emu_num_sms(int n) { g_emu_num_sms = n; }

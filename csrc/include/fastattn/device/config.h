@@ -59,7 +59,7 @@
 #define FA_UNROLL _Pragma("unroll")
 // Block-scope static shared memory: FA_SHARED(float[4][64], red);  (T may be an array type;
 // no initializer, as for __shared__). 16-byte aligned so ldmatrix/cp.async rows can live there.
-#define FA_SHARED(T, name) __shared__ __align__(16) ::fastattn::device::detail::type_t<T> name
+#define FA_SHARED(T, name) __shared__ __align__(16) std::type_identity_t<T> name
 #else
 #define FA_KERNEL
 #define FA_DEVICE inline
@@ -83,15 +83,6 @@ FA_DEVICE_NAMESPACE_BEGIN
 
 constexpr int kWarpSize = 32;
 constexpr unsigned kFullMask = 0xffffffffu;
-
-namespace detail {
-template <class T>
-struct type_identity {
-  using type = T;
-};
-template <class T>
-using type_t = typename type_identity<T>::type;
-}  // namespace detail
 
 #if defined(__CUDACC__)
 using ::dim3;
