@@ -49,14 +49,7 @@ void merge_impl(const MergeParams& p) {
       const T* ar = a + r * p.out_a_row_stride;
       const T* br = b + r * p.out_b_row_stride;
       T* orow = o + r * p.out_row_stride;
-      for (int d = 0; d < p.head_dim; ++d) {
-        // A side with weight 0 contributes nothing, even where its output is
-        // not finite (an empty partial state).
-        float x = 0.f;
-        if (w.w_a != 0.f) x += w.w_a * float(ar[d]);
-        if (w.w_b != 0.f) x += w.w_b * float(br[d]);
-        orow[d] = T(x);
-      }
+      for (int d = 0; d < p.head_dim; ++d) orow[d] = T(merge_value(w, float(ar[d]), float(br[d])));
       p.lse[r] = w.lse;
     }
   });

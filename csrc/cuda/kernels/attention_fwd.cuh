@@ -123,14 +123,21 @@ FA_DEVICE void load_kv_tile(T* dst, const AttnParams& p, const SeqBounds& s, int
     const int j = n0 + r;
     bool valid = col_ok && j < k_hi;
     const T* src = base;
+    const int64_t batch_stride = kIsK ? p.k_batch_stride : p.v_batch_stride;
+    const int64_t row_stride = kIsK ? p.k_row_stride : p.v_row_stride;
+    int64_t row = 0;
     if (valid && p.block_table) {
-      const int32_t page = p.block_table[int64_t(b) * p.block_table_stride + j / p.page_size];
+      // Read once, checked before any address is formed from it.
+      const int32_t page = page_of(p, b, j);
       if (page < 0 || page >= p.num_pages) {
         err |= kErrBlockTable;
         valid = false;
       }
+      row = paged_token_offset(p, page, j, batch_stride, row_stride);
+    } else if (valid) {
+      row = kv_token_offset(p, s, b, j, batch_stride, row_stride);
     }
-    if (valid) src = base + (kIsK ? k_offset(p, s, b, j, hk) : v_offset(p, s, b, j, hk)) + c * 8;
+    if (valid) src = base + row + hk * (kIsK ? p.k_head_stride : p.v_head_stride) + c * 8;
     dev::cp_async_16(dst + r * Cfg::kStride + c * 8, src, valid ? 16u : 0u);
   }
 }

@@ -21,14 +21,6 @@ namespace fastattn::kernels {
 constexpr int kMergeThreads = 256;
 constexpr int64_t kMaxMergeBlocks = 1 << 16;
 
-// The merged value of one element; the order of operations is the CPU op's.
-FA_DEVICE float merge_value(const MergeWeights& w, float a, float b) {
-  float x = 0.f;
-  if (w.w_a != 0.f) x += w.w_a * a;
-  if (w.w_b != 0.f) x += w.w_b * b;
-  return x;
-}
-
 template <typename T, bool kVec16>
 FA_KERNEL void FA_LAUNCH_BOUNDS(kMergeThreads) merge_states_kernel(const MergeParams p) {
   constexpr int kElems = kVec16 ? 16 / int(sizeof(T)) : 1;

@@ -268,8 +268,9 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads)
         const int j = n0 + t * kRowsPerBlock + row_in_block;
         valid[t] = j < range.end;
         if (valid[t]) {
-          // Checked before k_offset/v_offset dereference it (they re-read the same,
-          // cached, entry).
+          // Checked before k_offset/v_offset dereference it. They re-read the same
+          // (cached) entry: keeping the kTile pages live instead costs registers
+          // and spilled on sm_80/sm_90a (scripts/kernel_report.sh).
           const int32_t page = p.block_table[table_row + j / p.page_size];
           if (page < 0 || page >= p.num_pages) {
             if (c == 0) report_error(p.error_flag, kErrBlockTable);

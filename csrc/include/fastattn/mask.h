@@ -90,12 +90,19 @@ FA_HD int64_t lse_offset(const AttnParams& p, const SeqBounds& s, int b, int i, 
 // Token j of batch row b, without the head term: through the block table when
 // paged, else the dense or packed row. Callers only pass j < k_len, so unused
 // block-table entries and unused cache slots are never touched.
+FA_HD int32_t page_of(const AttnParams& p, int b, int j) {
+  return p.block_table[int64_t(b) * p.block_table_stride + j / p.page_size];
+}
+
+// Token j at its slot of `page` (already read with page_of, e.g. to check it).
+FA_HD int64_t paged_token_offset(const AttnParams& p, int32_t page, int j, int64_t batch_stride,
+                                 int64_t row_stride) {
+  return int64_t(page) * batch_stride + int64_t(j % p.page_size) * row_stride;
+}
+
 FA_HD int64_t kv_token_offset(const AttnParams& p, const SeqBounds& s, int b, int j,
                               int64_t batch_stride, int64_t row_stride) {
-  if (p.block_table) {
-    const int32_t page = p.block_table[int64_t(b) * p.block_table_stride + j / p.page_size];
-    return int64_t(page) * batch_stride + int64_t(j % p.page_size) * row_stride;
-  }
+  if (p.block_table) return paged_token_offset(p, page_of(p, b, j), j, batch_stride, row_stride);
   return int64_t(b) * batch_stride + (s.k_start + j) * row_stride;
 }
 

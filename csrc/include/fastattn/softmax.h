@@ -74,4 +74,13 @@ FA_HD MergeWeights merge_weights(float lse_a, float lse_b) {
   return w;
 }
 
+// One merged element. A side with weight 0 contributes nothing, even where its
+// output is not finite (an empty partial state).
+FA_HD float merge_value(const MergeWeights& w, float a, float b) {
+  float x = 0.f;
+  if (w.w_a != 0.f) x += w.w_a * a;
+  if (w.w_b != 0.f) x += w.w_b * b;
+  return x;
+}
+
 }  // namespace fastattn
