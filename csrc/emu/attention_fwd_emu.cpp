@@ -5,12 +5,4 @@
 #define FASTATTN_EMULATION 1
 #endif
 #include "cuda/kernels/attention_fwd.cuh"
-#include "cuda/kernels/attention_fwd_dispatch.h"
-
-namespace fastattn::kernels {
-
-void attention_fwd(const AttnParams& p, DType dtype, void* stream) {
-  dispatch_attention_fwd(p, dtype, stream);
-}
-
-}  // namespace fastattn::kernels
+#include "cuda/attention_fwd.cu"

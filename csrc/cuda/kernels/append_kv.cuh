@@ -49,15 +49,10 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kWarps * 32) append_kv_kernel(const AppendKVPara
 // 16-byte chunks need every base pointer and every stride aligned to 16 bytes.
 template <typename T>
 bool append_kv_vectorizable(const AppendKVParams& p) {
-  constexpr int kVec = 16 / sizeof(T);
-  auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
-  const int64_t strides[] = {p.kc_page_stride, p.kc_row_stride, p.kc_head_stride,
-                             p.vc_page_stride, p.vc_row_stride, p.vc_head_stride,
-                             p.k_token_stride, p.k_head_stride, p.v_token_stride,
-                             p.v_head_stride, p.head_dim};
-  for (int64_t s : strides)
-    if (s % kVec != 0) return false;
-  return aligned(p.k_cache) && aligned(p.v_cache) && aligned(p.k) && aligned(p.v);
+  return vec16_ok<T>({p.k_cache, p.v_cache, p.k, p.v},
+                     {p.kc_page_stride, p.kc_row_stride, p.kc_head_stride, p.vc_page_stride,
+                      p.vc_row_stride, p.vc_head_stride, p.k_token_stride, p.k_head_stride,
+                      p.v_token_stride, p.v_head_stride, p.head_dim});
 }
 
 template <typename T>

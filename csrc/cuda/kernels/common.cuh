@@ -1,6 +1,8 @@
 #pragma once
 // Helpers shared by the kernel sources: the element types behind kernels::DType, and the
 // error report for index values found out of range on the device.
+#include <cstdint>
+#include <initializer_list>
 #include <stdexcept>
 
 #include "cuda/kernels.h"
@@ -15,6 +17,25 @@ namespace dev = ::fastattn::device;
 // Records an out-of-range index value (ErrorBits); the caller then skips the access.
 FA_DEVICE void report_error(int32_t* flag, int32_t bits) {
   if (flag) dev::atomic_or(flag, bits);
+}
+
+// The compiled head dim (64, 128 or 256) that runs head_dim: every multiple of 8 up to
+// 256, zero-padded to the next compiled size; 0 when none does.
+inline int compiled_head_dim(int head_dim) {
+  if (head_dim <= 0 || head_dim % 8 != 0 || head_dim > 256) return 0;
+  return head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : 256;
+}
+
+// Whether 16-byte accesses of T are allowed: every base pointer 16-byte aligned
+// and every stride (in elements) a multiple of 16 / sizeof(T).
+template <typename T>
+bool vec16_ok(std::initializer_list<const void*> ptrs, std::initializer_list<int64_t> strides) {
+  constexpr int64_t kVec = 16 / sizeof(T);
+  for (const void* ptr : ptrs)
+    if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return false;
+  for (int64_t s : strides)
+    if (s % kVec != 0) return false;
+  return true;
 }
 
 // Calls fn(T{}) with the device element type of dtype.

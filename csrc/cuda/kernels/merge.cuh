@@ -68,11 +68,8 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kMergeThreads) merge_states_kernel(const MergePa
 // 16-byte chunks need the three row pointers, their row strides and head_dim aligned.
 template <typename T>
 bool merge_vectorizable(const MergeParams& p) {
-  constexpr int kElems = 16 / sizeof(T);
-  auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
-  return p.head_dim % kElems == 0 && p.out_a_row_stride % kElems == 0 &&
-         p.out_b_row_stride % kElems == 0 && p.out_row_stride % kElems == 0 &&
-         aligned(p.out_a) && aligned(p.out_b) && aligned(p.out);
+  return vec16_ok<T>({p.out_a, p.out_b, p.out},
+                     {p.head_dim, p.out_a_row_stride, p.out_b_row_stride, p.out_row_stride});
 }
 
 template <typename T>

@@ -111,9 +111,7 @@ struct DecodeArgs {
   float* ws_out;        // [B, Hq, num_splits, D] or null when num_splits == 1
   float* ws_lse;        // [B, Hq, num_splits]
   int num_splits;
-  int group;            // G = Hq / Hk
-  int head_chunks;
-  int heads_per_chunk;
+  DecodeHeads heads;    // decode_heads(p)
   bool vec16;           // every q/k/v/o pointer and stride allows 16-byte accesses
 };
 
@@ -212,13 +210,14 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads)
   FA_SHARED(float[kDecodeWarps][kGroup][2], red_state);
 
   const int b = blockIdx.x;
-  const int hk = blockIdx.y / a.head_chunks;
-  const int chunk = blockIdx.y % a.head_chunks;
+  const DecodeHeads& h = a.heads;
+  const int hk = blockIdx.y / h.head_chunks;
+  const int chunk = blockIdx.y % h.head_chunks;
   const int split = blockIdx.z;
-  const int head0 = chunk * a.heads_per_chunk;  // first packed head, inside the group
-  const int rest = a.group - head0;
-  const int n_heads = rest < a.heads_per_chunk ? rest : a.heads_per_chunk;  // uniform
-  const int hq0 = hk * a.group + head0;
+  const int head0 = chunk * h.heads_per_chunk;  // first packed head, inside the group
+  const int rest = h.group - head0;
+  const int n_heads = rest < h.heads_per_chunk ? rest : h.heads_per_chunk;  // uniform
+  const int hq0 = hk * h.group + head0;
 
   const int lane = dev::lane_id();
   const int warp = dev::warp_id();
@@ -464,22 +463,16 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kMergeWarps * 32)
 // elements (D itself is a multiple of 8).
 template <typename T>
 bool decode_vectorizable(const AttnParams& p) {
-  constexpr int kVec = 16 / sizeof(T);
-  auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
-  const int64_t strides[] = {p.q_batch_stride, p.q_head_stride, p.k_batch_stride,
-                             p.k_row_stride,   p.k_head_stride, p.v_batch_stride,
-                             p.v_row_stride,   p.v_head_stride, p.o_batch_stride,
-                             p.o_head_stride};
-  for (int64_t s : strides)
-    if (s % kVec != 0) return false;
-  return aligned(p.q) && aligned(p.k) && aligned(p.v) && aligned(p.o);
+  return vec16_ok<T>({p.q, p.k, p.v, p.o},
+                     {p.q_batch_stride, p.q_head_stride, p.k_batch_stride, p.k_row_stride,
+                      p.k_head_stride, p.v_batch_stride, p.v_row_stride, p.v_head_stride,
+                      p.o_batch_stride, p.o_head_stride});
 }
 
 template <typename T, int kHeadDim, int kGroup>
 void launch_paged_decode_group(const AttnParams& p, const DecodeArgs& a, void* stream) {
-  const DecodeHeads h = decode_heads(p);
   const dev::LaunchConfig cfg{
-      dev::dim3(unsigned(p.batch), unsigned(p.num_heads_k * h.head_chunks),
+      dev::dim3(unsigned(p.batch), unsigned(p.num_heads_k * a.heads.head_chunks),
                 unsigned(a.num_splits)),
       dev::dim3(kDecodeThreads), 0, static_cast<dev::stream_t>(stream)};
   dev::launch(paged_decode_kernel<T, kHeadDim, kGroup>, cfg, p, a);
@@ -487,14 +480,14 @@ void launch_paged_decode_group(const AttnParams& p, const DecodeArgs& a, void* s
 
 template <typename T, int kHeadDim>
 void launch_paged_decode_dim(const AttnParams& p, const DecodeArgs& a, void* stream) {
-  switch (decode_heads(p).kernel_group) {
+  switch (a.heads.kernel_group) {
     case 1: return launch_paged_decode_group<T, kHeadDim, 1>(p, a, stream);
     case 2: return launch_paged_decode_group<T, kHeadDim, 2>(p, a, stream);
     case 4: return launch_paged_decode_group<T, kHeadDim, 4>(p, a, stream);
     case 8: return launch_paged_decode_group<T, kHeadDim, 8>(p, a, stream);
   }
   throw std::invalid_argument("fastattn paged decode: unsupported packed head count " +
-                              std::to_string(decode_heads(p).kernel_group));
+                              std::to_string(a.heads.kernel_group));
 }
 
 // workspace: decode_workspace_floats_for(p, num_splits) floats, or null when
@@ -502,7 +495,8 @@ void launch_paged_decode_dim(const AttnParams& p, const DecodeArgs& a, void* str
 template <typename T>
 void launch_paged_decode(const AttnParams& p, float* workspace, int num_splits, void* stream) {
   if (p.batch == 0 || p.num_heads_q == 0) return;
-  if (p.head_dim <= 0 || p.head_dim % kDecodeVec != 0 || p.head_dim > kDecodeMaxHeadDim) {
+  const int head_dim = compiled_head_dim(p.head_dim);
+  if (head_dim == 0) {
     throw std::invalid_argument("fastattn paged decode: head_dim = " +
                                 std::to_string(p.head_dim) +
                                 " unsupported; expected a multiple of 8 up to 256");
@@ -519,24 +513,19 @@ void launch_paged_decode(const AttnParams& p, float* workspace, int num_splits, 
                                 std::to_string(decode_workspace_floats_for(p, num_splits)) +
                                 " floats");
   }
-  const DecodeHeads h = decode_heads(p);
   DecodeArgs a;
   a.num_splits = num_splits;
   a.ws_out = num_splits > 1 ? workspace : nullptr;
   a.ws_lse = num_splits > 1
                  ? workspace + int64_t(p.batch) * p.num_heads_q * num_splits * p.head_dim
                  : nullptr;
-  a.group = h.group;
-  a.head_chunks = h.head_chunks;
-  a.heads_per_chunk = h.heads_per_chunk;
+  a.heads = decode_heads(p);
   a.vec16 = decode_vectorizable<T>(p);
 
-  if (p.head_dim <= 64) {
-    launch_paged_decode_dim<T, 64>(p, a, stream);
-  } else if (p.head_dim <= 128) {
-    launch_paged_decode_dim<T, 128>(p, a, stream);
-  } else {
-    launch_paged_decode_dim<T, 256>(p, a, stream);
+  switch (head_dim) {
+    case 64: launch_paged_decode_dim<T, 64>(p, a, stream); break;
+    case 128: launch_paged_decode_dim<T, 128>(p, a, stream); break;
+    default: launch_paged_decode_dim<T, 256>(p, a, stream); break;
   }
   if (num_splits > 1) {
     const int64_t rows = int64_t(p.batch) * p.num_heads_q;
