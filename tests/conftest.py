@@ -58,6 +58,14 @@ def randn(*shape, dtype=torch.float16, device="cpu", scale=1.0):
     return (torch.randn(*shape) * scale).to(dtype).to(device)
 
 
+def i32(values, device="cpu"):
+    return torch.tensor(values, dtype=torch.int32, device=device)
+
+
+def i64(values, device="cpu"):
+    return torch.tensor(values, dtype=torch.int64, device=device)
+
+
 def make_qkv(batch, q_len, k_len, num_heads, num_kv_heads, head_dim, dtype, device):
     """Dense q [B, Sq, Hq, D] and k, v [B, Sk, Hk, D]."""
     q = randn(batch, q_len, num_heads, head_dim, dtype=dtype, device=device)
@@ -94,6 +102,13 @@ class PagedKV:
     Attributes: k_cache, v_cache [P, page_size, Hk, D]; block_table int32 [B, max_pages];
     seq_lens int32 [B]; keys, values: lists of [seq_len, Hk, D] tensors (the dense truth).
     """
+
+    @classmethod
+    def random(cls, seq_lens, num_kv_heads, head_dim, page_size, dtype, device="cpu", **kwargs):
+        """Random keys and values of the given lengths (drawn on the CPU, see randn)."""
+        keys = [randn(n, num_kv_heads, head_dim, dtype=dtype) for n in seq_lens]
+        values = [randn(n, num_kv_heads, head_dim, dtype=dtype) for n in seq_lens]
+        return cls(keys, values, page_size, device, **kwargs)
 
     def __init__(self, keys, values, page_size, device, spare_columns=2, spare_pages=3):
         self.page_size = page_size

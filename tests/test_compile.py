@@ -14,20 +14,14 @@ import torch
 
 import fastattn
 
+from conftest import i32, i64, randn
+
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
 ops = torch.ops.fastattn
 
 
 def r(*shape, dtype=F32):
-    return torch.randn(*shape).to(dtype)
-
-
-def i32(values):
-    return torch.tensor(values, dtype=torch.int32)
-
-
-def i64(values):
-    return torch.tensor(values, dtype=torch.int64)
+    return randn(*shape, dtype=dtype)
 
 
 @pytest.fixture(autouse=True)

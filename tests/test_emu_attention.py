@@ -223,15 +223,9 @@ def test_varlen(dtype, head_dim, kwargs):
 # paged extend (queries are the last q_len positions of each sequence)
 # ---------------------------------------------------------------------------------------
 
-def make_cache(seq_lens, num_kv_heads, head_dim, page_size, dtype):
-    keys = [randn(n, num_kv_heads, head_dim, dtype=dtype) for n in seq_lens]
-    values = [randn(n, num_kv_heads, head_dim, dtype=dtype) for n in seq_lens]
-    return PagedKV(keys, values, page_size, "cpu")
-
-
 def check_extend(q_lens, seq_lens, num_heads, num_kv_heads, head_dim, page_size, dtype, *,
                  causal=True, window=(-1, -1), softcap=0.0, cache=None):
-    cache = cache or make_cache(seq_lens, num_kv_heads, head_dim, page_size, dtype)
+    cache = cache or PagedKV.random(seq_lens, num_kv_heads, head_dim, page_size, dtype)
     q = randn(sum(q_lens), num_heads, head_dim, dtype=dtype)
     cu_q = cu_seqlens(q_lens)
     scale = scale_of(head_dim, None)
@@ -265,7 +259,7 @@ def test_paged_extend_variants(head_dim, kwargs):
 
 def test_paged_unused_block_table_entries_are_not_read():
     """Columns beyond a sequence's pages may hold anything, out-of-range values included."""
-    cache = make_cache([7, 20], 2, 64, 16, F16)
+    cache = PagedKV.random([7, 20], 2, 64, 16, F16)
     cache.block_table[0, 1:] = -1
     cache.block_table[1, 2:] = 10**9
     check_extend([7, 4], [7, 20], 4, 2, 64, 16, F16, cache=cache)
@@ -277,7 +271,7 @@ def test_paged_unused_block_table_entries_are_not_read():
 
 @pytest.mark.parametrize("bad", [-1, 10**6, "num_pages"])
 def test_out_of_range_block_table(bad):
-    cache = make_cache([20, 9], 2, 64, 5, F16)
+    cache = PagedKV.random([20, 9], 2, 64, 5, F16)
     num_pages = cache.k_cache.shape[0]
     cache.block_table[1, 1] = num_pages if bad == "num_pages" else bad
     q = randn(3, 4, 64, dtype=F16)
@@ -294,7 +288,7 @@ def test_out_of_range_block_table(bad):
 
 
 def test_out_of_range_seq_lens():
-    cache = make_cache([20, 9], 2, 64, 5, F16)
+    cache = PagedKV.random([20, 9], 2, 64, 5, F16)
     capacity = cache.block_table.shape[1] * 5
     q = randn(3, 4, 64, dtype=F16)
     cu_q = cu_seqlens([2, 1])

@@ -53,12 +53,6 @@ def _default_num_sms():
     _emu_ops.set_num_sms(DEFAULT_NUM_SMS)
 
 
-def make_cache(seq_lens, num_kv_heads, head_dim, page_size, dtype, spare_columns=2):
-    keys = [randn(n, num_kv_heads, head_dim, dtype=dtype) for n in seq_lens]
-    values = [randn(n, num_kv_heads, head_dim, dtype=dtype) for n in seq_lens]
-    return PagedKV(keys, values, page_size, "cpu", spare_columns=spare_columns)
-
-
 def emu_decode(q, cache, *, causal=True, softmax_scale=None, window_size=(-1, -1), softcap=0.0,
                block_table=None, seq_lens=None):
     scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else softmax_scale
@@ -73,7 +67,8 @@ def run_decode(seq_lens, num_heads, num_kv_heads, head_dim, page_size, dtype, *,
                want_split=None, spare_columns=2, q=None, **kwargs):
     """Runs the emulated decode with num_sms multiprocessors, checks it against the float64
     reference and, when want_split is given, that the shapes select split-KV or not."""
-    cache = make_cache(seq_lens, num_kv_heads, head_dim, page_size, dtype, spare_columns)
+    cache = PagedKV.random(seq_lens, num_kv_heads, head_dim, page_size, dtype,
+                           spare_columns=spare_columns)
     capacity = cache.block_table.shape[1] * page_size
     splits = expected_splits(len(seq_lens), num_heads, num_kv_heads, capacity, num_sms)
     if want_split is not None:
@@ -146,7 +141,7 @@ def test_split_kv(schedule, dtype, split, head_dim, page_size, num_heads, num_kv
 def test_split_kv_changes_the_reduction(schedule):
     """The same inputs with and without split-KV agree with the reference but not bit for
     bit: the partials merged by lse really ran (the count alone is only the shape rule)."""
-    cache = make_cache([300, 120], 2, 64, 16, F16, spare_columns=20)
+    cache = PagedKV.random([300, 120], 2, 64, 16, F16, spare_columns=20)
     q = randn(2, 8, 64, dtype=F16)
     capacity = cache.block_table.shape[1] * 16
     assert expected_splits(2, 8, 2, capacity, SPLIT_SMS) > 1
@@ -166,7 +161,7 @@ def test_unaligned_strides(schedule):
     """Strides that are not multiples of 8 elements and a q that is not 16-byte aligned take
     the scalar-load path of the same kernel."""
     seq_lens, hk, d, ps = [50, 7], 2, 64, 5
-    cache = make_cache(seq_lens, hk, d, ps, F16)
+    cache = PagedKV.random(seq_lens, hk, d, ps, F16)
     pad = lambda t: torch.cat([t, torch.full(t.shape[:-1] + (4,), float("nan"), dtype=t.dtype)],
                               dim=-1)[..., :d]
     cache.k_cache, cache.v_cache = pad(cache.k_cache), pad(cache.v_cache)  # head stride 68
@@ -185,7 +180,7 @@ def test_unaligned_strides(schedule):
 @pytest.mark.parametrize("bad", [-1, 2**31 - 1], ids=["neg", "huge"])
 @pytest.mark.parametrize("split", [False, True], ids=["nosplit", "split"])
 def test_block_table_out_of_range(schedule, split, bad):
-    cache = make_cache([40, 33], 2, 64, 16, F16, spare_columns=20)
+    cache = PagedKV.random([40, 33], 2, 64, 16, F16, spare_columns=20)
     q = randn(2, 4, 64, dtype=F16)
     _emu_ops.set_num_sms(SPLIT_SMS if split else NO_SPLIT_SMS)
     table = cache.block_table.clone()
@@ -208,7 +203,7 @@ def test_block_table_out_of_range(schedule, split, bad):
 
 @pytest.mark.parametrize("bad", ["over", "neg"])
 def test_seq_lens_out_of_range(schedule, bad):
-    cache = make_cache([40, 33], 2, 64, 16, F16)
+    cache = PagedKV.random([40, 33], 2, 64, 16, F16)
     q = randn(2, 4, 64, dtype=F16)
     capacity = cache.block_table.shape[1] * 16
     seq_lens = cache.seq_lens.clone()
@@ -216,7 +211,7 @@ def test_seq_lens_out_of_range(schedule, bad):
     with pytest.raises(ValueError, match="seq_lens"):
         emu_decode(q, cache, seq_lens=seq_lens)
     # Exactly the capacity is valid.
-    cache = make_cache([40, 48], 2, 64, 16, F16, spare_columns=0)
+    cache = PagedKV.random([40, 48], 2, 64, 16, F16, spare_columns=0)
     assert cache.block_table.shape[1] * 16 == 48
     result = emu_decode(q, cache)
     assert_matches_reference(result, ref_paged_attention, q, cache.k_cache, cache.v_cache,

@@ -22,15 +22,9 @@ PAGE_SIZES = [1, 5, 16, 64]
 SEQ_LENS = [1, 5, 16, 67, 200, 33]
 
 
-def make_paged(seq_lens, num_kv_heads, head_dim, page_size, dtype, device):
-    keys = [randn(n, num_kv_heads, head_dim, dtype=dtype) for n in seq_lens]
-    values = [randn(n, num_kv_heads, head_dim, dtype=dtype) for n in seq_lens]
-    return PagedKV(keys, values, page_size, device)
-
-
 def run_decode(seq_lens, num_heads, num_kv_heads, head_dim, page_size, dtype, device,
                return_lse=True, **kwargs):
-    cache = make_paged(seq_lens, num_kv_heads, head_dim, page_size, dtype, device)
+    cache = PagedKV.random(seq_lens, num_kv_heads, head_dim, page_size, dtype, device)
     q = randn(len(seq_lens), num_heads, head_dim, dtype=dtype, device=device)
     args = (q, cache.k_cache, cache.v_cache, cache.block_table, cache.seq_lens)
     result = fastattn.paged_attention(*args, return_lse=return_lse, **kwargs)
@@ -40,7 +34,7 @@ def run_decode(seq_lens, num_heads, num_kv_heads, head_dim, page_size, dtype, de
 
 def run_extend(q_lens, seq_lens, num_heads, num_kv_heads, head_dim, page_size, dtype, device,
                return_lse=True, **kwargs):
-    cache = make_paged(seq_lens, num_kv_heads, head_dim, page_size, dtype, device)
+    cache = PagedKV.random(seq_lens, num_kv_heads, head_dim, page_size, dtype, device)
     q = randn(sum(q_lens), num_heads, head_dim, dtype=dtype, device=device)
     cu_q = cu_seqlens(q_lens, device)
     args = (q, cache.k_cache, cache.v_cache, cache.block_table, cache.seq_lens)
@@ -154,7 +148,7 @@ def test_extend_noncontiguous_q(device):
     """q sliced out of a packed [T, 3, H, D] qkv tensor (last dim contiguous)."""
     skip_if_unsupported(device, F16, 64)
     q_lens, seq_lens = [3, 9], [20, 9]
-    cache = make_paged(seq_lens, 4, 64, 16, F16, device)
+    cache = PagedKV.random(seq_lens, 4, 64, 16, F16, device)
     q = randn(sum(q_lens), 3, 4, 64, dtype=F16, device=device)[:, 0]
     assert not q.is_contiguous()
     cu_q = cu_seqlens(q_lens, device)
@@ -221,7 +215,7 @@ def test_append_then_attend(device, page_size, dtype):
     heads, kv_heads, head_dim = 8, 2, 64
     seq_lens = [5, 70, 16, 1, 130]
     new_lens = [2, 7, 16, 1, 1]  # new tokens per sequence; 16 of 16 is a full prefill
-    cache = make_paged(seq_lens, kv_heads, head_dim, page_size, dtype, device)
+    cache = PagedKV.random(seq_lens, kv_heads, head_dim, page_size, dtype, device)
 
     # Blank the new tokens' slots, then write them back through append_kv; two padding
     # tokens with slot -1 must be skipped.

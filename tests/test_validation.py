@@ -16,6 +16,8 @@ import torch
 
 import fastattn
 
+from conftest import i32, i64, randn
+
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 I32, I64 = torch.int32, torch.int64
 HAS_CUDA = torch.cuda.is_available()
@@ -23,15 +25,7 @@ needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA")
 
 
 def r(*shape, dtype=F32, device="cpu"):
-    return torch.randn(*shape).to(dtype).to(device)
-
-
-def i32(values, device="cpu"):
-    return torch.tensor(values, dtype=I32, device=device)
-
-
-def i64(values, device="cpu"):
-    return torch.tensor(values, dtype=I64, device=device)
+    return randn(*shape, dtype=dtype, device=device)
 
 
 # ---------------------------------------------------------------------------------------
