@@ -308,7 +308,14 @@ class Decode {
   static bool applies(const AttnParams& p) { return !p.cu_seqlens_q && p.seqlen_q == 1; }
 
   void run(int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) run_item(item(i), i + 1 < end, item(i + 1), i == begin);
+    int ready = -1;  // buffer already holding (and prefetching) the item's first tile
+    Item it = item(begin), next{};
+    for (int64_t i = begin; i < end; ++i) {
+      const bool has_next = i + 1 < end;
+      if (has_next) next = item(i + 1);
+      ready = run_item(it, has_next ? &next : nullptr, ready);
+      it = next;
+    }
   }
 
  private:
@@ -325,16 +332,16 @@ class Decode {
     it.b = int(i / chunks_);
     it.hk0 = int(i % chunks_) * per_;
     it.hk1 = std::min(p_.num_heads_k, it.hk0 + per_);
-    if (it.b >= p_.batch) return it;
     it.s = seq_bounds(p_, it.b);
     it.keys = visible_keys(0, it.s.q_len, it.s.k_len, p_.causal, p_.window_left, p_.window_right);
     return it;
   }
 
-  // `next` is the item run after this one (if has_next): its first tile is
-  // prefetched during this item's last. burst: prefetch this item's first tile
-  // up front (nothing did).
-  void run_item(const Item& it, bool has_next, const Item& next, bool burst) {
+  // `next` (may be null) is the item run after this one: its first tile is filled
+  // into a buffer and prefetched during this item's last, and that buffer is
+  // returned (-1 if none) to be passed as `ready` to the next call. With ready < 0
+  // this item's first tile is filled and prefetched up front.
+  int run_item(const Item& it, const Item* next, int ready) {
     const int D = p_.head_dim;
     const int h0 = it.hk0 * group_, rows = (it.hk1 - it.hk0) * group_;
     const int64_t khs = p_.k_head_stride, vhs = p_.v_head_stride;
@@ -348,16 +355,17 @@ class Decode {
     std::fill_n(acc_.begin(), size_t(rows) * D, 0.f);
 
     const KeyRange kr = it.keys;
-    if (kr.hi > kr.lo) {
-      const int n = fill(it, kr.lo, 0);
-      if (burst)
-        for (int j = 0; j < n; ++j)
-          for (int hk = it.hk0; hk < it.hk1; ++hk) {
-            prefetch(k_[0][j] + hk * khs, D * int64_t(sizeof(T)));
-            prefetch(v_[0][j] + hk * vhs, D * int64_t(sizeof(T)));
-          }
+    int cur = ready < 0 ? 0 : ready;
+    if (kr.hi > kr.lo && ready < 0) {
+      const int n = fill(it, kr.lo, cur);
+      for (int j = 0; j < n; ++j)
+        for (int hk = it.hk0; hk < it.hk1; ++hk) {
+          prefetch(k_[cur][j] + hk * khs, D * int64_t(sizeof(T)));
+          prefetch(v_[cur][j] + hk * vhs, D * int64_t(sizeof(T)));
+        }
     }
-    for (int n0 = kr.lo, cur = 0; n0 < kr.hi; n0 += keys_, cur ^= 1) {
+    int next_ready = -1;
+    for (int n0 = kr.lo; n0 < kr.hi; n0 += keys_, cur ^= 1) {
       const int n = std::min(keys_, kr.hi - n0);
       vec::RowTile<T> nk, nv;
       if (n0 + keys_ < kr.hi) {
@@ -365,11 +373,12 @@ class Decode {
         nk.heads = nv.heads = it.hk1 - it.hk0;
         nk.off = it.hk0 * khs;
         nv.off = it.hk0 * vhs;
-      } else if (has_next && next.keys.hi > next.keys.lo) {
-        nk.n = nv.n = fill(next, next.keys.lo, cur ^ 1);
-        nk.heads = nv.heads = next.hk1 - next.hk0;
-        nk.off = next.hk0 * khs;
-        nv.off = next.hk0 * vhs;
+      } else if (next && next->keys.hi > next->keys.lo) {
+        nk.n = nv.n = fill(*next, next->keys.lo, cur ^ 1);
+        nk.heads = nv.heads = next->hk1 - next->hk0;
+        nk.off = next->hk0 * khs;
+        nv.off = next->hk0 * vhs;
+        next_ready = cur ^ 1;
       }
       nk.rows = k_[cur ^ 1].data();
       nv.rows = v_[cur ^ 1].data();
@@ -389,6 +398,7 @@ class Decode {
       for (int d = 0; d < D; ++d) dst[d] = T(acc_[size_t(r) * D + d] * inv);
       if (p_.lse) p_.lse[lse_offset(p_, it.s, it.b, 0, h0 + r)] = state_[r].lse();
     }
+    return next_ready;
   }
 
   // Row pointers of the tile of `it` starting at key n0 into buffer i; returns

@@ -320,6 +320,7 @@ size_t env_size(const char* name, size_t fallback) {
   return (end && *end == '\0' && x > 0) ? size_t(x) : fallback;
 }
 
+// Stack per fiber: $FASTATTN_EMU_STACK_KB KiB, else 256 KiB (1 MiB under ASan).
 size_t default_stack_bytes() {
 #if defined(FA_EMU_ASAN)
   constexpr size_t kKiB = 1024;
@@ -386,7 +387,7 @@ struct Block {
       : launch(l),
         schedule(l.opts.schedule),
         nthreads(l.nthreads),
-        stacks(l.nthreads, l.opts.stack_bytes ? l.opts.stack_bytes : default_stack_bytes()),
+        stacks(l.nthreads, default_stack_bytes()),
         fibers(new Fiber[l.nthreads]),
         warps((l.nthreads + 31) / 32) {
     for (unsigned i = 0; i < nthreads; ++i) {

@@ -89,8 +89,6 @@ struct Schedule {
 struct Options {
   Schedule schedule;  // default: Schedule::from_seed($FASTATTN_EMU_SEED or 0)
   int num_workers = 0;          // OS threads per launch; 0: $FASTATTN_EMU_WORKERS or all cores
-  // Stack per fiber; 0: $FASTATTN_EMU_STACK_KB KiB, else 256 KiB (1 MiB under ASan).
-  std::size_t stack_bytes = 0;
 };
 
 // Options of launches made by the calling host thread.
@@ -99,7 +97,6 @@ Options& options();
 class ScopedOptions {
  public:
   explicit ScopedOptions(const Options& o) : saved_(options()) { options() = o; }
-  explicit ScopedOptions(const Schedule& s) : saved_(options()) { options().schedule = s; }
   ~ScopedOptions() { options() = saved_; }
   ScopedOptions(const ScopedOptions&) = delete;
   ScopedOptions& operator=(const ScopedOptions&) = delete;
