@@ -166,6 +166,16 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(FwdConfig<kHeadDim>::kThreads)
   int page_err = 0;  // this thread's bad block-table reads
   const SeqBounds s = checked_seq_bounds(p, b, seq_err);
   const int rows = s.q_len * group;  // packed rows of this (b, hk)
+  if (p.block_table && hk == 0 && m_block == 0 && s.k_len > 0) {
+    // The blocks of a sequence read the pages from its first query's first visible key up
+    // to k_len (the ranges are contiguous and end at k_len); one block per sequence checks
+    // the entries below, all of them when it has no query tokens.
+    const int unread_keys =
+        s.q_len > 0 ? visible_keys(0, s.q_len, s.k_len, p.causal, p.window_left,
+                                   p.window_right).lo
+                    : s.k_len;
+    check_unread_pages(p, b, tid, (unread_keys + p.page_size - 1) / p.page_size, kThreads);
+  }
   const int m0 = m_block * kBlockM;
   if (m0 >= rows) {  // uniform over the block, before any barrier
     if (seq_err && tid == 0) report_error(p.error_flag, seq_err);

@@ -19,6 +19,19 @@ FA_DEVICE void report_error(int32_t* flag, int32_t bits) {
   if (flag) dev::atomic_or(flag, bits);
 }
 
+// Block-table entries [first, end) of batch row b are checked without being read
+// through: the kernels never load the pages a sequence keeps but no query sees (below a
+// sliding window, or all of them for a sequence with no query tokens), yet an
+// out-of-range entry there is as invalid as on the CPU, which checks every page below
+// seq_len. Both paged kernels call this, so one rule holds on every device. Entry
+// first + k * step is this thread's share.
+FA_DEVICE void check_unread_pages(const AttnParams& p, int b, int first, int end, int step) {
+  const int32_t* row = p.block_table + int64_t(b) * p.block_table_stride;
+  bool bad = false;
+  for (int pg = first; pg < end; pg += step) bad |= row[pg] < 0 || row[pg] >= p.num_pages;
+  if (bad) report_error(p.error_flag, kErrBlockTable);
+}
+
 // The compiled head dim (64, 128 or 256) that runs head_dim: every multiple of 8 up to
 // 256, zero-padded to the next compiled size; 0 when none does.
 inline int compiled_head_dim(int head_dim) {

@@ -392,16 +392,11 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads)
     }
   }
 
-  // Pages below the visible range are never read, but an out-of-range entry there is
-  // still invalid (as on the CPU): the first head chunk of each sequence scans them,
-  // shared out over its splits.
+  // Pages below the visible range are never read: the first head chunk of each sequence
+  // checks their entries, shared out over its splits.
   if (blockIdx.y == 0) {
-    const int unread_pages = range.lo / p.page_size;
-    for (int pg = split * kDecodeThreads + int(dev::thread_rank()); pg < unread_pages;
-         pg += a.num_splits * kDecodeThreads) {
-      const int32_t page = p.block_table[table_row + pg];
-      if (page < 0 || page >= p.num_pages) report_error(p.error_flag, kErrBlockTable);
-    }
+    check_unread_pages(p, b, split * kDecodeThreads + int(dev::thread_rank()),
+                       range.lo / p.page_size, a.num_splits * kDecodeThreads);
   }
 }
 
