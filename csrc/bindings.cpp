@@ -4,7 +4,11 @@
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
+#include <atomic>
+#include <string>
+
 #include "cpu/vec.h"
+#include "ops/kernel_errors.h"
 #include "ops/ops.h"
 #include "ops/schemas.h"
 
@@ -16,6 +20,12 @@
 #endif
 
 TORCH_LIBRARY(fastattn, m) { fastattn::ops::define_ops(m); }
+
+namespace {
+// ErrorBits set by _inject_kernel_errors: they take the same path to Python as a CUDA
+// kernel's, so that path is tested on machines without a GPU.
+std::atomic<int32_t> g_injected_errors{0};
+}  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastattn native extension: ops are registered under torch.ops.fastattn";
@@ -38,9 +48,25 @@ PYBIND11_MODULE(_C, m) {
     }
     return info;
   });
+  // The error is returned, not thrown: a c10::ValueError thrown through a plain pybind11
+  // binding reaches Python as RuntimeError unless this module's pybind11 is torch's own.
+  m.def(
+      "take_kernel_errors",
+      []() -> std::string {
+        int32_t bits = g_injected_errors.exchange(0);
 #ifdef FASTATTN_WITH_CUDA
-  m.def("check_errors", &fastattn::ops::check_kernel_errors,
-        "Synchronise every device, then raise ValueError for index values that CUDA kernels "
-        "found out of range since the last check");
+        bits |= fastattn::ops::take_kernel_error_bits();
 #endif
+        return bits ? fastattn::ops::kernel_error_message(bits, "since the last check,") : "";
+      },
+      "Synchronise every device fastattn used, then return the message for the invalid "
+      "index values its CUDA kernels found since the last check ('' when none) and clear them");
+  m.def(
+      "_inject_kernel_errors", [](int32_t bits) { g_injected_errors |= bits; },
+      "Test hook: report ErrorBits at the next take_kernel_errors(), as a kernel would",
+      pybind11::arg("bits"));
+  m.def("_unsupported_gpu_message", &fastattn::ops::unsupported_gpu_message,
+        "Test hook: the error a device of this compute capability gets ('' when supported)",
+        pybind11::arg("device"), pybind11::arg("name"), pybind11::arg("major"),
+        pybind11::arg("minor"));
 }

@@ -23,9 +23,11 @@
 #include <vector>
 
 #include "cuda/kernels.h"
+#include "ops/kernel_errors.h"
 #include "ops/ops.h"
 
 #if defined(FASTATTN_KERNEL_OPS_CUDA)
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
@@ -52,26 +54,6 @@ kernels::DType kernel_dtype(const at::Tensor& t) {
   }
 }
 
-std::string describe_errors(int32_t bits) {
-  std::string msg;
-  auto add = [&](int32_t bit, const char* text) {
-    if (bits & bit) msg += msg.empty() ? text : std::string("; ") + text;
-  };
-  add(kErrBlockTable,
-      "block_table: an entry used by a sequence is outside [0, num_pages)");
-  add(kErrSeqLens,
-      "seq_lens/kv_lens: a length is negative, beyond the keys available "
-      "(max_pages * page_size, or Sk), or smaller than the sequence's query tokens");
-  add(kErrCuSeqlensQ,
-      "cu_seqlens_q: not non-decreasing from 0 to the number of query tokens, or a "
-      "sequence longer than max_seqlen_q");
-  add(kErrCuSeqlensK,
-      "cu_seqlens_k: not non-decreasing from 0 to the number of key tokens, or a "
-      "sequence longer than max_seqlen_k");
-  add(kErrSlotMapping, "slot_mapping: an entry is >= num_pages * page_size");
-  return msg;
-}
-
 #if defined(FASTATTN_KERNEL_OPS_CUDA)
 
 struct ErrorFlag {
@@ -88,6 +70,12 @@ ErrorFlag& error_flag(int device) {
   if (g_flags.empty()) g_flags.resize(c10::cuda::device_count());
   ErrorFlag& f = g_flags.at(device);
   if (!f.host) {
+    // The first call on a device may come while a CUDA graph is being captured (servers
+    // capture their decode graphs at start-up, often before any eager call). Under the
+    // default (global) capture mode the runtime rejects cudaHostAlloc as potentially
+    // unsafe and invalidates the capture; it is not a stream operation, so this thread
+    // makes it in relaxed mode, as PyTorch's own allocators do.
+    const c10::cuda::CUDAStreamCaptureModeGuard relaxed(cudaStreamCaptureModeRelaxed);
     C10_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&f.host), sizeof(int32_t),
                                  cudaHostAllocMapped));
     *f.host = 0;
@@ -98,30 +86,57 @@ ErrorFlag& error_flag(int device) {
 
 void raise_if_flagged(ErrorFlag& f, const char* when) {
   const int32_t bits = __atomic_exchange_n(f.host, 0, __ATOMIC_ACQ_REL);
-  TORCH_CHECK_VALUE(bits == 0, "fastattn: ", when, " a fastattn kernel found invalid index values "
-                    "and skipped them (its outputs are not valid): ", describe_errors(bits));
+  TORCH_CHECK_VALUE(bits == 0, kernel_error_message(bits, when));
 }
 
-// Multiprocessor count of a device, queried once (decode sizes its split-KV by it).
-int multiprocessor_count(int device) {
+// What fastattn needs of a device, queried once: the multiprocessor count (decode sizes
+// its split-KV by it) and the compute capability.
+struct DeviceInfo {
+  int num_sms = 0;
+  int major = 0;
+  int minor = 0;
+};
+
+const DeviceInfo& device_info(int device) {
   static std::mutex mutex;
-  static std::vector<int> counts;
+  static std::vector<DeviceInfo> infos;
   std::lock_guard<std::mutex> lock(mutex);
-  if (counts.empty()) counts.resize(c10::cuda::device_count(), 0);
-  int& n = counts.at(device);
-  if (n == 0) C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-  return n;
+  if (infos.empty()) infos.resize(c10::cuda::device_count());
+  DeviceInfo& d = infos.at(device);
+  if (d.num_sms == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.minor, cudaDevAttrComputeCapabilityMinor, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.num_sms, cudaDevAttrMultiProcessorCount, device));
+  }
+  return d;
+}
+
+// The build carries sm_80 and sm_90a machine code plus compute_80 PTX, which newer GPUs
+// (sm_100, sm_120) JIT-compile; older ones cannot run mma.sync.m16n8k16 at all, and
+// would otherwise fail at the first launch with "no kernel image is available".
+void check_compute_capability(int device) {
+  const DeviceInfo& d = device_info(device);
+  if (d.major >= 8) return;
+  cudaDeviceProp prop;
+  C10_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  TORCH_CHECK(false, unsupported_gpu_message(device, prop.name, d.major, d.minor));
+}
+
+// The device must be able to run the kernels before anything is allocated for it.
+ErrorFlag& checked_error_flag(int device) {
+  check_compute_capability(device);
+  return error_flag(device);
 }
 
 struct Launch {
   explicit Launch(const at::Tensor& t)
-      : guard(t.device()), device(t.get_device()), flag(error_flag(device)) {
+      : guard(t.device()), device(t.get_device()), flag(checked_error_flag(device)) {
     raise_if_flagged(flag, "before this call,");
     stream = c10::cuda::getCurrentCUDAStream(device).stream();
   }
   int32_t* error_flag_ptr() const { return flag.device; }
   void done() const {}
-  int num_sms() const { return multiprocessor_count(device); }
+  int num_sms() const { return device_info(device).num_sms; }
   c10::cuda::CUDAGuard guard;
   int device;
   ErrorFlag& flag;
@@ -136,10 +151,7 @@ int g_emu_num_sms = 4;
 struct Launch {
   explicit Launch(const at::Tensor&) {}
   int32_t* error_flag_ptr() { return &flag; }
-  void done() const {
-    TORCH_CHECK_VALUE(flag == 0, "fastattn: a fastattn kernel found invalid index values and "
-                      "skipped them (its outputs are not valid): ", describe_errors(flag));
-  }
+  void done() const { TORCH_CHECK_VALUE(flag == 0, kernel_error_message(flag, "")); }
   int num_sms() const { return g_emu_num_sms; }
   int32_t flag = 0;
   void* stream = nullptr;
@@ -287,7 +299,7 @@ TensorPair merge_attention_states_k(const at::Tensor& out_a, const at::Tensor& l
 }  // namespace
 
 #if defined(FASTATTN_KERNEL_OPS_CUDA)
-void check_kernel_errors() {
+int32_t take_kernel_error_bits() {
   // Only devices fastattn launched on have a flag; each is synchronised before its
   // flag is read, so kernels still running there report now.
   std::vector<int> used;
@@ -296,11 +308,19 @@ void check_kernel_errors() {
     for (int d = 0; d < int(g_flags.size()); ++d)
       if (g_flags[d].host) used.push_back(d);
   }
+  int32_t bits = 0;
   for (int d : used) {
     const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(d));
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    C10_CUDA_CHECK(cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream(d).stream(), &capture));
+    TORCH_CHECK(capture == cudaStreamCaptureStatusNone,
+                "fastattn.check_errors() synchronises the device, which a CUDA graph capture "
+                "on the current stream of cuda:", d, " does not allow; call it after the "
+                "capture (e.g. after a replay)");
     C10_CUDA_CHECK(cudaDeviceSynchronize());
-    raise_if_flagged(g_flags[d], "since the last check,");
+    bits |= __atomic_exchange_n(g_flags[d].host, 0, __ATOMIC_ACQ_REL);
   }
+  return bits;
 }
 #else
 void set_emu_num_sms(int n) { g_emu_num_sms = n; }

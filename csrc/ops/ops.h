@@ -78,9 +78,9 @@ void check_paged_host(const at::Tensor& block_table, const at::Tensor& seq_lens,
                       int64_t page_size);
 void check_slots_host(const at::Tensor& slot_mapping, int64_t num_slots);
 
-// CUDA build: synchronises, then raises ValueError for index values that kernels
-// flagged since the last check (see csrc/ops/kernel_ops.h).
-void check_kernel_errors();
+// CUDA build: synchronises every device fastattn launched on, then returns (and clears)
+// the ErrorBits its kernels flagged since the last check (see csrc/ops/kernel_ops.h).
+int32_t take_kernel_error_bits();
 // Emulation build (tests): the multiprocessor count the decode split-KV is sized for.
 void set_emu_num_sms(int n);
 

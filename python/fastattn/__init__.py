@@ -27,11 +27,13 @@ def check_errors() -> None:
     On CUDA, index values (block-table entries, lengths, cu_seqlens, slots) are
     checked by the kernels, which skip bad ones instead of reading through them:
     checking on the host would need a device sync. Such an error surfaces at the
-    next fastattn call on that device, or here: this synchronises every device.
-    A no-op without CUDA kernels.
+    next fastattn call on that device, or here: this synchronises every device
+    fastattn has launched on (so it cannot run inside CUDA graph capture). A no-op
+    when no CUDA kernel has run.
     """
-    if hasattr(_C, "check_errors") and torch.cuda.is_available():
-        _C.check_errors()
+    message = _C.take_kernel_errors()
+    if message:
+        raise ValueError(message)
 
 
 def build_info() -> dict:
