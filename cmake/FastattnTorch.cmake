@@ -6,7 +6,7 @@
 
 execute_process(
   COMMAND "${Python_EXECUTABLE}" -c
-          "import torch, os; print(torch.utils.cmake_prefix_path); print(torch.version.cuda or ''); print(os.path.dirname(torch.__file__)); print(int(torch.compiled_with_cxx11_abi()))"
+          "import torch, os; print(torch.utils.cmake_prefix_path); print(torch.version.cuda or ''); print(os.path.dirname(torch.__file__)); print(int(torch.compiled_with_cxx11_abi())); print(torch.__version__)"
   OUTPUT_VARIABLE _fa_torch_out
   OUTPUT_STRIP_TRAILING_WHITESPACE
   RESULT_VARIABLE _fa_torch_rc)
@@ -20,6 +20,10 @@ list(LENGTH _fa_torch_out _fa_len)
 list(GET _fa_torch_out 1 _fa_torch_cuda)
 list(GET _fa_torch_out 2 _fa_torch_dir)
 list(GET _fa_torch_out 3 _fa_torch_cxx11_abi)
+# The torch this build compiles against, local label included (2.14.1+cu130): written into
+# fastattn/_build_config.py, which `import fastattn` compares with the torch it finds.
+list(GET _fa_torch_out 4 FASTATTN_BUILT_TORCH_VERSION)
+set(FASTATTN_BUILT_TORCH_CUDA "${_fa_torch_cuda}")
 list(APPEND CMAKE_PREFIX_PATH "${_fa_torch_prefix}")
 
 set(FASTATTN_WITH_CUDA OFF)
@@ -52,13 +56,16 @@ if(FASTATTN_WITH_CUDA)
   set(CMAKE_CUDA_STANDARD 20)
   set(CMAKE_CUDA_STANDARD_REQUIRED ON)
   find_package(CUDAToolkit REQUIRED)
-  # Shipped targets: sm_80 (A100-class, mma.sync) and sm_90a (Hopper, wgmma/TMA).
+  # Shipped targets: sm_80 machine code (Ampere and Ada run it: A100, A10, L4, RTX 30xx/40xx),
+  # sm_90a (Hopper only: H100/H200; wgmma/TMA) and compute_80 PTX, which the driver
+  # JIT-compiles on GPUs newer than both (Blackwell: B200 sm_100, RTX 50xx sm_120), since
+  # sm_90a code is architecture-specific and runs nowhere else.
   # Torch's CMake config turns TORCH_CUDA_ARCH_LIST into -gencode flags and
   # ignores CMAKE_CUDA_ARCHITECTURES. Without a GPU its default includes
   # compute_50, which nvcc 13 rejects, so it must be set before
   # find_package(Torch). Users override it through the environment.
   if(NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST})
-    set(ENV{TORCH_CUDA_ARCH_LIST} "8.0;9.0a")
+    set(ENV{TORCH_CUDA_ARCH_LIST} "8.0+PTX;9.0a")
   endif()
   set(TORCH_CUDA_ARCH_LIST "$ENV{TORCH_CUDA_ARCH_LIST}")
   string(REPLACE ";" " " FASTATTN_CUDA_ARCHS_STR "$ENV{TORCH_CUDA_ARCH_LIST}")

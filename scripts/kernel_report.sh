@@ -10,7 +10,7 @@
 # show that the checks fail on a kernel that breaks them).
 #
 # How: recompiles each csrc/cuda/*.cu with nvcc (-Xptxas -v) using the build's flags and
-# architectures (TORCH_CUDA_ARCH_LIST, default "8.0;9.0a", as cmake/FastattnTorch.cmake),
+# architectures (TORCH_CUDA_ARCH_LIST, default "8.0+PTX;9.0a", as cmake/FastattnTorch.cmake),
 # in parallel, into a temporary directory; reads registers, static shared memory, stack
 # frame and spill bytes from ptxas; disassembles the objects with `cuobjdump --dump-sass`.
 # When fastattn._C is importable, its kernel list (cuobjdump --dump-resource-usage) is
@@ -20,7 +20,10 @@
 # Checks (exit 1 when one fails):
 #   - zero spill bytes (stores and loads) in every kernel and architecture;
 #   - no local-memory instructions (LDL/STL) in the SASS of any kernel;
-#   - tensor-core MMA (HMMA, or HGMMA from wgmma) in every attention_fwd kernel.
+#   - tensor-core MMA (HMMA, or HGMMA from wgmma) in every attention_fwd kernel;
+#   - for each "+PTX" architecture, the shipped module carries PTX of every kernel compiled
+#     for it (cuobjdump --dump-ptx), so GPUs newer than the SASS targets JIT it instead of
+#     failing with "no kernel image is available" (checked only when fastattn._C is read).
 # Tensor-core use of the other kernels (paged_decode, ...) is reported, not required.
 # Exit 2: a tool is missing or a translation unit does not compile.
 #
@@ -93,13 +96,14 @@ NVDISASM=${NVDISASM:-$(find_tool nvdisasm)}
 export NVDISASM_PATH=$(dirname "$NVDISASM")
 export PATH="$NVDISASM_PATH:$PATH"
 
-# Architectures, as cmake/FastattnTorch.cmake passes them to torch: "8.0;9.0a" -> sm_80,
-# sm_90a. "+PTX" adds PTX, not SASS, so it changes nothing here.
-ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-8.0;9.0a}
+# Architectures, as cmake/FastattnTorch.cmake passes them to torch: "8.0+PTX;9.0a" -> sm_80,
+# sm_90a. "+PTX" adds PTX, not SASS, to the module: the SASS compiled here is the same.
+ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-8.0+PTX;9.0a}
 GENCODE=()
 ARCHS=()
+PTX_ARCHS=()
 for a in ${ARCH_LIST//;/ }; do
-  a=${a%+PTX}
+  case "$a" in *+PTX) a=${a%+PTX}; PTX_ARCHS+=("sm_${a/./}") ;; esac
   sm=${a/./}
   GENCODE+=(-gencode "arch=compute_${sm},code=sm_${sm}")
   ARCHS+=("sm_${sm}")
@@ -171,9 +175,10 @@ elif [ -z "$SO" ]; then
 fi
 if [ -n "$SO" ] && [ -f "$SO" ]; then
   "$CUOBJDUMP" --dump-resource-usage "$SO" >"$WORK/_C.res" 2>/dev/null || rm -f "$WORK/_C.res"
+  "$CUOBJDUMP" --dump-ptx "$SO" >"$WORK/_C.ptx" 2>/dev/null || rm -f "$WORK/_C.ptx"
 fi
 
-"$PYTHON" - "$WORK" "$SO" "$NVCC" "${ARCHS[*]}" "${SOURCES[@]}" <<'EOF'
+"$PYTHON" - "$WORK" "$SO" "$NVCC" "${ARCHS[*]}" "${PTX_ARCHS[*]}" "${SOURCES[@]}" <<'EOF'
 import os
 import re
 import shutil
@@ -181,7 +186,8 @@ import subprocess
 import sys
 
 work, so, nvcc, archs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split()
-sources = sys.argv[5:]
+ptx_archs = sys.argv[5].split()
+sources = sys.argv[6:]
 
 # ---- ptxas -v: per (arch, mangled entry) -------------------------------------------------
 res = {}     # (arch, mangled) -> dict
@@ -345,16 +351,23 @@ for fam in ("attention_fwd", "paged_decode", "other"):
     print(f"tensor cores, {fam}: {len(with_tc)} of {len(ks)} kernel/arch pairs use HMMA/HGMMA{need}")
 
 # ---- cross-check with the shipped module -----------------------------------------------------
+def listed(path, section, item):
+    """(section, item) pairs of a cuobjdump listing: each `item` line's first group with the
+    first group of the last `section` line above it."""
+    found, current = set(), None
+    for line in open(path, errors="replace"):
+        m = re.match(section, line)
+        if m:
+            current = m.group(1)
+        m = re.match(item, line)
+        if m and current:
+            found.add((current, m.group(1)))
+    return found
+
+
 res_path = os.path.join(work, "_C.res")
 if so and os.path.exists(res_path):
-    shipped, arch = set(), None
-    for line in open(res_path, errors="replace"):
-        m = re.match(r"\s*arch = (sm_\w+)", line)
-        if m:
-            arch = m.group(1)
-        m = re.match(r"\s*Function (\S+):", line)
-        if m and arch:
-            shipped.add((arch, m.group(1)))
+    shipped = listed(res_path, r"\s*arch = (sm_\w+)", r"\s*Function (\S+):")
     ours = set(keys)
     missing = sorted(shipped - ours)
     extra = sorted(ours - shipped)
@@ -371,6 +384,21 @@ elif so:
 else:
     print("fastattn._C: not importable (or --no-so); kernel list not cross-checked")
 
+# ---- PTX in the shipped module: what GPUs newer than the SASS targets run ------------------
+ptx_path = os.path.join(work, "_C.ptx")
+if so and ptx_archs and os.path.exists(ptx_path):
+    entries = listed(ptx_path, r"\s*\.target (sm_\w+)", r"\s*\.(?:visible\s+)?\.entry (\S+?)\(")
+    for arch in ptx_archs:
+        kernels = sorted(fn for a, fn in keys if a == arch)
+        missing = [fn for fn in kernels if (arch, fn) not in entries]
+        if missing:
+            failures += [f"{short(fn)}: no {arch} PTX in {os.path.basename(so)}" for fn in missing]
+        else:
+            print(f"PTX for {arch}: all {len(kernels)} kernels are in {os.path.basename(so)}")
+elif so and ptx_archs:
+    failures.append(f"could not read the PTX of {so} (TORCH_CUDA_ARCH_LIST asks for "
+                    f"{' '.join(ptx_archs)} PTX)")
+
 for w in warnings:
     print("WARNING: " + w)
 if failures:
@@ -378,5 +406,6 @@ if failures:
     for f in failures:
         print("  " + f)
     sys.exit(1)
-print("OK: no spills, no local memory, tensor cores in every attention_fwd kernel")
+print("OK: no spills, no local memory, tensor cores in every attention_fwd kernel"
+      + (f", PTX for {' '.join(ptx_archs)}" if so and ptx_archs else ""))
 EOF

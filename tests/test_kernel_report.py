@@ -7,6 +7,7 @@ written to break every check, so that the checks are known to bite.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,10 @@ def test_shipped_kernels_pass():
     tus = [p for p in ROOT.glob("csrc/cuda/*.cu") if p.name != "primitives_test.cu"]
     assert f"from {len(tus)} translation units" in r.stdout, out
     assert "merge_states_kernel<fp16, true>" in r.stdout
+    # compute_80 PTX of every kernel, for GPUs newer than the machine code (Blackwell).
+    kernels = re.search(r"(\d+) kernels x 2 archs", r.stdout)
+    assert kernels, out
+    assert f"PTX for sm_80: all {kernels.group(1)} kernels are in" in r.stdout, out
     assert "append_kv_kernel<bf16, 8, 4>" in r.stdout
 
 

@@ -3,9 +3,18 @@
 Dense (self/cross), varlen and paged-KV attention with one set of semantics on
 CPU and CUDA; see README.md for shapes, masking and the validation rules.
 """
+import warnings
+
 import torch  # noqa: F401  (loads libtorch before the extension)
 
-from . import _C  # registers torch.ops.fastattn.*
+from . import _torch_check
+
+try:
+    from . import _C  # registers torch.ops.fastattn.*
+except ImportError as _error:
+    raise ImportError(_torch_check.load_error_message(_error)) from _error
+if _torch_check.mismatch_warning():
+    warnings.warn(_torch_check.mismatch_warning(), RuntimeWarning, stacklevel=2)
 from . import _fake  # noqa: F401  (fake kernels for torch.compile)
 from ._api import (
     append_kv,
