@@ -32,13 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from fastattn import paged_attention
+from fastattn._dtypes import DTYPES
 from fastattn.cache import PagedBatch, PagedKVCache
-
-DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}
 
 # Max |logit difference| allowed against the float32 reference. The reference runs the same
 # (dtype-rounded) weights in float32, so for fp16/bf16 the bound covers the rounding of the

@@ -1,10 +1,12 @@
 """Peers for `python -m fastattn.bench`: other implementations of the computations we time.
 
-Every factory returns a list of `Impl`s and never runs anything on the device. Whether a
-peer can handle its inputs (an SDPA backend that does not exist on this device, a flash_attn
-build without paged KV, a head dim FlexAttention rejects, ...) is found out by trying: an
-Impl that cannot run raises on its first call, and the benchmark turns that into a skip
-note. Libraries that are not installed simply contribute no Impl (see `unavailable_notes`).
+Every factory returns a list of `Impl`s and never runs anything on the device. Each belongs
+to a family (`FAMILIES`); `select` decides once per run which families are measured (the
+library imports, the device suits it, --quick allows it) and `build` calls only their
+factories, so a factory may assume its library is there. Whether a peer can handle its
+inputs (an SDPA backend that does not exist on this device, a flash_attn build without
+paged KV, a head dim FlexAttention rejects, ...) is found out by trying: an Impl that cannot
+run raises on its first call, and the benchmark turns that into a skip note.
 
 Layouts: fastattn's tensors are FlashAttention's ([B, S, H, D], packed [T, H, D], paged
 [P, page_size, Hk, D]), because that is what inference servers hold. SDPA and FlexAttention
@@ -16,7 +18,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +78,8 @@ def _with_fallbacks(name: str, variants: Sequence[Tuple[str, Callable[[], Any]]]
     return impl
 
 
+# ---------------------------------------------------------------------------- families
+
 @functools.lru_cache(maxsize=None)
 def _import(module: str):
     """The module, or None. Broad except: a CUDA-only wheel can fail with OSError or a
@@ -86,17 +90,72 @@ def _import(module: str):
         return None
 
 
-def unavailable_notes(device: str) -> List[str]:
-    """One line per peer family this run cannot measure at all, for the report."""
-    notes = []
-    for module in ("flash_attn", "flashinfer"):
-        if _import(module) is None:
-            notes.append(f"{module}: not installed, skipped")
-    if device != "cuda":
-        notes.append("flex: FlexAttention is measured on CUDA only, skipped")
-    elif _import("torch.nn.attention.flex_attention") is None:
-        notes.append("flex: torch.nn.attention.flex_attention not available, skipped")
-    return notes
+@dataclass(frozen=True)
+class Family:
+    """What the peers of one family need before they are worth building."""
+    module: Optional[str] = None    # a library that must import
+    cuda_only: bool = False
+    compiled: bool = False          # runs through torch.compile
+
+
+FAMILIES = {
+    "torch": Family(),              # SDPA backends, index_copy_
+    # FlexAttention on CPU is not a kernel servers use.
+    "flex": Family(module="torch.nn.attention.flex_attention", cuda_only=True, compiled=True),
+    "flash_attn": Family(module="flash_attn"),
+    "flashinfer": Family(module="flashinfer", cuda_only=True),
+}
+
+
+def select(device: str, quick: bool) -> Tuple[List[str], List[str]]:
+    """The peer families this run measures, and one note per family it leaves out.
+
+    --quick leaves out the compiled families: a cold torch.compile of FlexAttention can take
+    minutes, far beyond the time budget of a smoke run (the GPU check runs --quick).
+    """
+    chosen, notes = [], []
+    for name, family in FAMILIES.items():
+        if family.cuda_only and device != "cuda":
+            notes.append(f"{name}: measured on CUDA only, skipped")
+        elif family.module is not None and _import(family.module) is None:
+            notes.append(f"{name}: cannot import {family.module}, skipped")
+        elif family.compiled and quick:
+            notes.append(f"{name}: needs torch.compile (a cold compile can take minutes), "
+                         "skipped in --quick mode; run without --quick to measure it")
+        else:
+            chosen.append(name)
+    return chosen, notes
+
+
+def _family(name: str):
+    def tag(factory):
+        factory.family = name
+        return factory
+    return tag
+
+
+def build(factories: Sequence[Callable[[], List[Impl]]], families: Collection[str],
+          skipped: List[str]) -> List[Impl]:
+    """Sets up the peers whose family this run measures (`functools.partial`s of the
+    factories below). One that fails to set up (a flashinfer plan that rejects the shapes,
+    ...) becomes a skip note instead of ending the run."""
+    impls = []
+    for factory in factories:
+        fn = getattr(factory, "func", factory)
+        if fn.family not in families:
+            continue
+        try:
+            impls.extend(factory())
+        except Exception as error:  # noqa: BLE001
+            skipped.append(f"{fn.__name__}: setup failed: {error_note(error)}")
+    return impls
+
+
+def error_note(error: BaseException) -> str:
+    """The error's first sentence: enough to tell why, short enough for a note."""
+    text = str(error).strip().splitlines()
+    first = text[0].split(". ")[0] if text else ""
+    return f"{type(error).__name__}: {first}"[:160]
 
 
 # ---------------------------------------------------------------------------- SDPA
@@ -135,6 +194,7 @@ def _sdpa_impls(prefix: str, num_heads: int, num_kv_heads: int,
     return impls
 
 
+@_family("torch")
 def sdpa_dense(q, k, v, causal: bool) -> List[Impl]:
     """SDPA on q [B, Sq, Hq, D], k, v [B, Sk, Hk, D]. Causal only for Sq == Sk, where SDPA's
     top-left is_causal equals fastattn's bottom-right alignment."""
@@ -147,6 +207,7 @@ def sdpa_dense(q, k, v, causal: bool) -> List[Impl]:
     return _sdpa_impls("", q.shape[2], k.shape[2], call)
 
 
+@_family("torch")
 def sdpa_varlen_loop(q, k, v, lengths: Sequence[int], causal: bool) -> List[Impl]:
     """One SDPA call per sequence of packed q, k, v [T, H, D] (self-attention, Sq == Sk).
 
@@ -178,6 +239,7 @@ class PagedBatchInfo:
     page_size: int
 
 
+@_family("torch")
 def gather_sdpa(q, k_cache, v_cache, block_table, info: PagedBatchInfo) -> List[Impl]:
     """The realistic peer for paged attention: copy each sequence's pages into a dense
     [B, S, Hk, D] tensor with the block table, then batched SDPA with a mask for the valid
@@ -226,6 +288,7 @@ def gather_sdpa(q, k_cache, v_cache, block_table, info: PagedBatchInfo) -> List[
 
 # ---------------------------------------------------------------------------- append
 
+@_family("torch")
 def index_copy_append(k_cache, v_cache, k, v, slot_mapping) -> List[Impl]:
     """What PyTorch code does without a fused kernel: index_copy_ into the flattened cache.
     (It has no notion of slot < 0 = skip; the benchmark uses no padding slots.)"""
@@ -256,10 +319,9 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
+@_family("flex")
 def flex_dense(q, k, v, causal: bool) -> List[Impl]:
-    """Compiled FlexAttention (CUDA only: on CPU it is not a kernel servers use)."""
-    if not q.is_cuda or _import("torch.nn.attention.flex_attention") is None:
-        return []
+    """Compiled FlexAttention."""
     from torch.nn.attention.flex_attention import create_block_mask
     Sq, Sk = q.shape[1], k.shape[1]
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
@@ -279,11 +341,10 @@ def flex_dense(q, k, v, causal: bool) -> List[Impl]:
     return [Impl("flex", run=run)]
 
 
+@_family("flex")
 def flex_varlen(q, k, v, lengths: Sequence[int], causal: bool) -> List[Impl]:
     """FlexAttention over the packed batch as one sequence with a document mask, the way
     FlexAttention users run varlen."""
-    if not q.is_cuda or _import("torch.nn.attention.flex_attention") is None:
-        return []
     from torch.nn.attention.flex_attention import create_block_mask
     T = q.shape[0]
     doc = torch.repeat_interleave(torch.arange(len(lengths), device=q.device),
@@ -306,29 +367,26 @@ def flex_varlen(q, k, v, lengths: Sequence[int], causal: bool) -> List[Impl]:
 
 # ---------------------------------------------------------------------------- flash_attn
 
+@_family("flash_attn")
 def flash_attn_dense(q, k, v, causal: bool) -> List[Impl]:
     fa = _import("flash_attn")
-    if fa is None:
-        return []
     return [Impl("flash_attn", run=lambda: fa.flash_attn_func(q, k, v, causal=causal))]
 
 
+@_family("flash_attn")
 def flash_attn_varlen(q, k, v, lengths: Sequence[int], causal: bool) -> List[Impl]:
     fa = _import("flash_attn")
-    if fa is None:
-        return []
-    cu = _cumsum(lengths, q.device)
+    cu = cumsum(lengths, q.device)
     n = max(lengths)
     return [Impl("flash_attn_varlen",
                  run=lambda: fa.flash_attn_varlen_func(q, k, v, cu, cu, n, n, causal=causal))]
 
 
+@_family("flash_attn")
 def flash_attn_paged(q, k_cache, v_cache, block_table, info: PagedBatchInfo) -> List[Impl]:
     """flash_attn_with_kvcache for decode, flash_attn_varlen_func with block_table for
     extend. (FlashAttention-2 wants page_size % 256 == 0; other sizes raise and are skipped.)"""
     fa = _import("flash_attn")
-    if fa is None:
-        return []
     seq_lens = torch.tensor(info.seq_lens, dtype=torch.int32, device=q.device)
     if max(info.q_lens) == 1 and q.shape[0] == len(info.q_lens):
         def run():
@@ -336,7 +394,7 @@ def flash_attn_paged(q, k_cache, v_cache, block_table, info: PagedBatchInfo) -> 
                                               cache_seqlens=seq_lens, block_table=block_table,
                                               causal=True).squeeze(1)
         return [Impl("flash_attn_kvcache", run=run)]
-    cu_q, cu_k = _cumsum(info.q_lens, q.device), _cumsum(info.seq_lens, q.device)
+    cu_q, cu_k = cumsum(info.q_lens, q.device), cumsum(info.seq_lens, q.device)
 
     def run_varlen():
         return fa.flash_attn_varlen_func(q, k_cache, v_cache, cu_q, cu_k, max(info.q_lens),
@@ -351,28 +409,26 @@ def _flashinfer_workspace(device):
     return torch.empty(_FLASHINFER_WORKSPACE_BYTES, dtype=torch.uint8, device=device)
 
 
+@_family("flashinfer")
 def flashinfer_ragged(q, k, v, q_lens: Sequence[int], k_lens: Sequence[int],
                       causal: bool) -> List[Impl]:
     """flashinfer's ragged prefill on packed q [Tq, Hq, D], k, v [Tk, Hk, D] (dense batches
     are passed as a reshape view of [B, S, H, D])."""
     fi = _import("flashinfer")
-    if fi is None or not q.is_cuda:
-        return []
     wrapper = fi.BatchPrefillWithRaggedKVCacheWrapper(_flashinfer_workspace(q.device), "NHD")
-    wrapper.plan(_cumsum(q_lens, q.device), _cumsum(k_lens, q.device), q.shape[1], k.shape[1],
+    wrapper.plan(cumsum(q_lens, q.device), cumsum(k_lens, q.device), q.shape[1], k.shape[1],
                  q.shape[2], causal=causal, q_data_type=q.dtype)
     return [Impl("flashinfer_ragged", run=lambda: wrapper.run(q, k, v))]
 
 
+@_family("flashinfer")
 def flashinfer_paged(q, k_cache, v_cache, block_table, info: PagedBatchInfo) -> List[Impl]:
     """BatchDecodeWithPagedKVCacheWrapper (decode) or BatchPrefillWithPagedKVCacheWrapper
     (extend), planned once outside the timed call as a server does per step."""
     fi = _import("flashinfer")
-    if fi is None or not q.is_cuda:
-        return []
     device, page = q.device, info.page_size
     pages = [math.ceil(n / page) for n in info.seq_lens]
-    indptr = _cumsum(pages, device)
+    indptr = cumsum(pages, device)
     indices = torch.cat([block_table[b, :n] for b, n in enumerate(pages)]).to(torch.int32)
     last_len = torch.tensor([n - (p - 1) * page for n, p in zip(info.seq_lens, pages)],
                             dtype=torch.int32, device=device)
@@ -385,13 +441,13 @@ def flashinfer_paged(q, k_cache, v_cache, block_table, info: PagedBatchInfo) -> 
         name = "flashinfer_decode"
     else:
         wrapper = fi.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD")
-        wrapper.plan(_cumsum(info.q_lens, device), indptr, indices, last_len, Hq, Hk, D, page,
+        wrapper.plan(cumsum(info.q_lens, device), indptr, indices, last_len, Hq, Hk, D, page,
                      causal=True, q_data_type=q.dtype, kv_data_type=k_cache.dtype)
         name = "flashinfer_paged_prefill"
     return [Impl(name, run=lambda: wrapper.run(q, (k_cache, v_cache)))]
 
 
-def _cumsum(lengths: Sequence[int], device) -> torch.Tensor:
+def cumsum(lengths: Sequence[int], device) -> torch.Tensor:
     """int32 [B + 1] prefix sums starting at 0."""
     out = [0]
     for n in lengths:
