@@ -4,23 +4,28 @@
 #   scripts/gpu_check.sh               on the GPU machine, from the repository root
 #   scripts/gpu_check.sh --build-only  the build step alone: runs without a GPU, to prove
 #                                      the build before device time is spent
+#   scripts/gpu_check.sh --plan        print the step caps for GPU_CHECK_BUDGET_S and exit
 #
-# Steps, each under its own `timeout`, each recorded as ok / FAILED / skipped; a failure
-# does not stop the script (only a failed build skips the steps that need it), and the exit
-# status is non-zero when any step failed:
+# Steps, each under its own `timeout`, each recorded as ok / FAILED / skipped / incomplete;
+# a failure does not stop the script (only a failed build skips the steps that need it), and
+# the exit status is non-zero when a required step failed:
 #   build       pip install --no-build-isolation -e . with FASTATTN_EMU=ON (so the primitive
 #               tests can compare the emulation with the GPU), TORCH_CUDA_ARCH_LIST=9.0a
-#               (the H200's own code only: half the nvcc work of "8.0;9.0a"), into
-#               build/gpu_check/<wheel tag>
+#               (the H200's own code only: half the nvcc work of "8.0+PTX;9.0a"), into
+#               build/gpu_check/torch<version>/<wheel tag>
 #   primitives  tests/test_primitives.py (the emulation against the GPU, primitive by primitive)
-#   parity      the parity suite's cuda cases (pytest -k cuda)
+#   parity      the parity suite's cuda cases (pytest -k cuda: every test with a cuda device
+#               parameter, tests/test_cuda_graphs.py, the CUDA index-error tests)
 #   memcheck    compute-sanitizer --tool memcheck on scripts/gpu_sanitize_case.py
-#   racecheck   compute-sanitizer --tool racecheck on the same cases
-#   bench       python -m fastattn.bench --device cuda --quick, then (bench-default, optional:
-#               running out of time there fails nothing) the default prefill and decode
-#               shapes when time is left
-# The whole run stays inside GPU_CHECK_BUDGET_S (default 450 s, under the 8 minutes a run
-# may take): a step's timeout is the smaller of its own cap and the time left.
+#   racecheck   compute-sanitizer --tool racecheck on the same cases; both are skipped (not
+#               failed) where compute-sanitizer is not installed
+#   bench       optional (running out of time fails nothing): python -m fastattn.bench
+#               --device cuda --quick (no torch.compile'd peers), then the default prefill
+#               and decode shapes with whatever time is left
+# The whole run stays inside GPU_CHECK_BUDGET_S (default 400 s, well under the 8 minutes a
+# run may take): each step's cap is its share of the budget (printed at the start; the caps
+# sum to the budget less 10 s for the summary), and a step's timeout is the smaller of its
+# cap and the time left, so time a step does not use goes to the later ones.
 #
 # Output goes to $OUT when set (the device tool's folder), else ./gpu_check_out: summary.md
 # (GPU, driver, torch, commit, per-step result and time, headline figures), one log per
@@ -28,17 +33,19 @@
 #
 # Environment: PYTHON (default: python3, or .venv/bin/python where it exists),
 # GPU_CHECK_ARCHS (TORCH_CUDA_ARCH_LIST of the build; default 9.0a on the GPU, and the
-# project's default "8.0;9.0a" with --build-only, so that the .venv it installs into keeps
+# project's default "8.0+PTX;9.0a" with --build-only, so that the .venv it installs into keeps
 # both), GPU_CHECK_BUDGET_S, GPU_CHECK_COMMIT (the commit to report where the copy of the
 # tree has no .git).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 BUILD_ONLY=0
+PLAN_ONLY=0
 case "${1:-}" in
   --build-only) BUILD_ONLY=1 ;;
+  --plan) PLAN_ONLY=1 ;;
   "") ;;
-  -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+  -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
   *) echo "gpu_check: unknown argument $1" >&2; exit 2 ;;
 esac
 
@@ -53,14 +60,30 @@ fi
 export PYTHONUNBUFFERED=1
 export FASTATTN_REQUIRE_EMU=1
 
-BUDGET=${GPU_CHECK_BUDGET_S:-450}
+BUDGET=${GPU_CHECK_BUDGET_S:-400}
 T0=$(date +%s)
 RESERVE=10  # seconds kept for the summary
+# Each step's share of BUDGET - RESERVE, in percent (sums to 100). The build of 9.0a alone
+# took ~160 s on 2 cores here; the GPU machine has 16.
+STEP_NAMES=(build primitives parity memcheck racecheck bench)
+STEP_SHARES=(28 7 33 10 10 12)
+declare -A CAP
+cap_sum=0
+for i in "${!STEP_NAMES[@]}"; do
+  CAP[${STEP_NAMES[$i]}]=$(( (BUDGET - RESERVE) * STEP_SHARES[$i] / 100 ))
+  cap_sum=$(( cap_sum + CAP[${STEP_NAMES[$i]}] ))
+done
+if [ "$PLAN_ONLY" = 1 ]; then
+  for n in "${STEP_NAMES[@]}"; do echo "$n ${CAP[$n]}"; done
+  echo "reserve $RESERVE"
+  echo "budget $BUDGET"
+  exit 0
+fi
 
 if [ -n "${GPU_CHECK_ARCHS:-}" ]; then
   ARCHS=$GPU_CHECK_ARCHS
 elif [ "$BUILD_ONLY" = 1 ]; then
-  ARCHS=${TORCH_CUDA_ARCH_LIST:-8.0;9.0a}
+  ARCHS=${TORCH_CUDA_ARCH_LIST:-8.0+PTX;9.0a}
 else
   ARCHS=9.0a
 fi
@@ -84,6 +107,9 @@ gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,nohea
 [ -n "$gpu" ] || gpu="none (nvidia-smi absent or no GPU)"
 torch_info=$("$PYTHON" -c "import torch; print(torch.__version__, 'CUDA', torch.version.cuda, \
 '- GPU visible:', torch.cuda.is_available())" 2>&1 | tail -1 | tr '|' '/')
+torch_version=$("$PYTHON" -c "import torch; print(torch.__version__.split('+')[0])" 2>/dev/null ||
+                echo unknown)
+cpu_model=$(grep -m1 '^model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//')
 nvcc_version=$( (/usr/local/cuda/bin/nvcc --version 2>/dev/null || nvcc --version 2>/dev/null) |
                grep -o 'release [0-9.]*' | head -1)
 SANITIZER=$(command -v compute-sanitizer 2>/dev/null || true)
@@ -152,11 +178,12 @@ write_summary() {
     echo "| GPU (name, driver, memory) | $gpu |"
     echo "| torch | $torch_info |"
     echo "| nvcc | ${nvcc_version:-not found} |"
-    echo "| CPU cores | $(nproc) |"
+    echo "| CPU | ${cpu_model:-unknown}, $(nproc) cores |"
     echo "| commit | $commit |"
     echo "| source hash | $tree_hash |"
     echo "| TORCH_CUDA_ARCH_LIST | $ARCHS |"
     echo "| total | $(( $(date +%s) - T0 )) s of a ${BUDGET} s budget |"
+    echo "| step caps | $(budget_line) |"
     echo
     echo "| step | result | seconds | note |"
     echo "| --- | --- | --- | --- |"
@@ -191,20 +218,33 @@ write_summary() {
 }
 
 # ---- steps -------------------------------------------------------------------------------------
+BUILD_CAP=${GPU_CHECK_BUILD_CAP_S:-${CAP[build]}}
+if [ "$BUILD_ONLY" = 1 ]; then
+  BUILD_CAP=${GPU_CHECK_BUILD_CAP_S:-1800}; BUDGET=$((BUILD_CAP + RESERVE)); cap_sum=$BUILD_CAP
+fi
+budget_line() {
+  if [ "$BUILD_ONLY" = 1 ]; then echo "build ${BUILD_CAP}"; return; fi
+  local n out=""
+  for n in "${STEP_NAMES[@]}"; do out+="$n ${CAP[$n]}, "; done
+  echo "${out%, } = ${cap_sum} s + ${RESERVE} s reserve"
+}
 echo "gpu_check: $([ "$BUILD_ONLY" = 1 ] && echo 'build only' || echo 'full run'); GPU: $gpu;" \
-     "torch $torch_info; archs $ARCHS; output in $OUT_DIR; budget ${BUDGET}s"
+     "torch $torch_info; archs $ARCHS; output in $OUT_DIR"
+echo "gpu_check: budget ${BUDGET}s; step caps: $(budget_line)"
+if [ "$cap_sum" -gt $(( BUDGET - RESERVE )) ]; then
+  echo "gpu_check: the step caps exceed the budget" >&2
+  exit 2
+fi
 rm -f "$OUT_DIR"/{build,primitives,parity,memcheck,racecheck,bench}.log "$OUT_DIR/bench.json"
 
 # build: the same pip command as `make build`, into its own build directory (a fresh one on the
 # GPU machine; here it leaves the everyday build directory alone). --no-index: there is no
 # network there, and nothing needs fetching with --no-deps --no-build-isolation.
-BUILD_CAP=${GPU_CHECK_BUILD_CAP_S:-300}
-if [ "$BUILD_ONLY" = 1 ]; then BUILD_CAP=${GPU_CHECK_BUILD_CAP_S:-1800}; BUDGET=$((BUILD_CAP + 60)); fi
 build_ok=0
 if run_step build "$BUILD_CAP" "$OUT_DIR/build.log" \
      env FASTATTN_EMU=ON TORCH_CUDA_ARCH_LIST="$ARCHS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
      "$PYTHON" -m pip install --no-build-isolation --no-deps --no-index -v -e . \
-       -C "build-dir=build/gpu_check/{wheel_tag}"; then
+       -C "build-dir=build/gpu_check/torch${torch_version}/{wheel_tag}"; then
   # The module must import and carry the CUDA kernels for the archs asked for.
   if "$PYTHON" -c "
 import sys, fastattn
@@ -233,33 +273,32 @@ elif [ "$GPU_OK" != 1 ]; then
   for s in primitives parity memcheck racecheck bench; do skip_step "$s" "torch sees no GPU"; done
   FAILED=1
 else
-  run_step primitives 60 "$OUT_DIR/primitives.log" \
+  run_step primitives "${CAP[primitives]}" "$OUT_DIR/primitives.log" \
     "$PYTHON" -m pytest -q -rfE -p no:cacheprovider tests/test_primitives.py
 
-  run_step parity 150 "$OUT_DIR/parity.log" \
+  run_step parity "${CAP[parity]}" "$OUT_DIR/parity.log" \
     "$PYTHON" -m pytest -q -rfE -p no:cacheprovider -k cuda --ignore=tests/test_primitives.py tests
 
   if [ -z "$SANITIZER" ]; then
-    skip_step memcheck "compute-sanitizer not found"
-    skip_step racecheck "compute-sanitizer not found"
-    FAILED=1
+    skip_step memcheck "not installed (compute-sanitizer)"
+    skip_step racecheck "not installed (compute-sanitizer)"
   else
     # Instrument fastattn's kernels only (much faster), where this sanitizer can filter.
     filter=()
     "$SANITIZER" --help 2>/dev/null | grep -q -- '--kernel-name' && filter=(--kernel-name kns=fastattn)
     for tool in memcheck racecheck; do
-      run_step "$tool" 75 "$OUT_DIR/$tool.log" \
+      run_step "$tool" "${CAP[$tool]}" "$OUT_DIR/$tool.log" \
         env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
         "$SANITIZER" --tool "$tool" --error-exitcode 99 "${filter[@]}" \
         "$PYTHON" scripts/gpu_sanitize_case.py
     done
   fi
 
-  if run_step bench 90 "$OUT_DIR/bench.log" \
+  if OPTIONAL_STEP=1 run_step bench "${CAP[bench]}" "$OUT_DIR/bench.log" \
        "$PYTHON" -m fastattn.bench --device cuda --quick --json "$OUT_DIR/bench.json"; then
-    # Default (large) shapes of the two headline suites, when time is left.
+    # Default (large) shapes of the two headline suites, with the time the steps left.
     if [ "$(left)" -ge 60 ]; then
-      OPTIONAL_STEP=1 run_step bench-default 60 "$OUT_DIR/bench.log" \
+      OPTIONAL_STEP=1 run_step bench-default "$(left)" "$OUT_DIR/bench.log" \
         "$PYTHON" -m fastattn.bench --device cuda prefill decode
     else
       skip_step bench-default "no time left"
