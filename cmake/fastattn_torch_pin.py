@@ -37,12 +37,12 @@ def torch_build() -> tuple[str, str]:
 
 
 def dynamic_metadata(field: str, settings: Mapping[str, Any]) -> Any:
-    version, variant = torch_build()
     if field == "dependencies":
         from importlib.metadata import version as dist_version
 
         return [f"torch=={dist_version('torch')}"]
     if field == "version":
+        version, variant = torch_build()
         base = settings.get("base")
         if not base:
             raise RuntimeError("fastattn_torch_pin: the version entry needs base = \"X.Y.Z\"")

@@ -53,12 +53,15 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "take_kernel_errors",
       []() -> std::string {
-        int32_t bits = g_injected_errors.exchange(0);
+        int32_t bits = 0;
 #ifdef FASTATTN_WITH_CUDA
-        bits |= fastattn::ops::take_kernel_error_bits();
+        bits = fastattn::ops::take_kernel_error_bits();  // may refuse (capture): first
 #endif
+        bits |= g_injected_errors.exchange(0);
         return bits ? fastattn::ops::kernel_error_message(bits, "since the last check,") : "";
       },
+      // Other Python threads of a server keep running while the devices synchronise.
+      pybind11::call_guard<pybind11::gil_scoped_release>(),
       "Synchronise every device fastattn used, then return the message for the invalid "
       "index values its CUDA kernels found since the last check ('' when none) and clear them");
   m.def(

@@ -120,13 +120,14 @@ def test_bad_entry_left_of_every_window(device, form, bad):
 
 
 @pytest.mark.parametrize("device", DEVICES_AND_EMU)
-def test_bad_entry_of_a_sequence_without_query_tokens(device):
-    """Extend with a sequence that has keys but no query tokens this step: its pages are
-    read by no block, and still checked."""
+@pytest.mark.parametrize("q_lens", [[2, 0], [0, 0]], ids=["one_empty", "all_empty"])
+def test_bad_entry_of_a_sequence_without_query_tokens(device, q_lens):
+    """Extend with a sequence that has keys but no query tokens this step (or no query
+    token in the whole call): its pages are read by no block, and still checked."""
     cache = _cache(device)
     dev = "cpu" if device == "emu" else device
-    q = randn(2, 4, 64, dtype=F16, device=dev)
-    kwargs = dict(cu_seqlens_q=cu_seqlens([2, 0], dev), max_seqlen_q=2)
+    q = randn(sum(q_lens), 4, 64, dtype=F16, device=dev)
+    kwargs = dict(cu_seqlens_q=cu_seqlens(q_lens, dev), max_seqlen_q=max(q_lens))
     _paged_call(device, cache, q, **kwargs)
     cache.block_table[1, 1] = -7
     with pytest.raises(ValueError, match="block_table"):

@@ -251,7 +251,10 @@ TensorPair paged_attention_k(const at::Tensor& q_in, const at::Tensor& k_cache,
     check_cache_aligned(v_cache, "v_cache");
   }
   auto [out, lse] = alloc_out_lse(q);
-  if (q.numel() == 0 || block_table.size(0) == 0) return {out, lse};
+  // Extend with no query token still checks the block table, as on the CPU.
+  if (block_table.size(0) == 0 || (q.numel() == 0 && !cu_seqlens_q.has_value())) {
+    return {out, lse};
+  }
   AttnParams p = make_paged_params(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q,
                                    max_seqlen_q, out, lse, softmax_scale, causal, window_left,
                                    window_right, softcap);
@@ -308,15 +311,20 @@ int32_t take_kernel_error_bits() {
     for (int d = 0; d < int(g_flags.size()); ++d)
       if (g_flags[d].host) used.push_back(d);
   }
-  int32_t bits = 0;
+  // Every device is checked for capture before any flag is taken, so a refusal loses no
+  // error bits. Only the current streams are checked: a capture on another stream or thread
+  // in global mode would still be invalidated by the sync (documented).
   for (int d : used) {
-    const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(d));
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     C10_CUDA_CHECK(cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream(d).stream(), &capture));
     TORCH_CHECK(capture == cudaStreamCaptureStatusNone,
                 "fastattn.check_errors() synchronises the device, which a CUDA graph capture "
                 "on the current stream of cuda:", d, " does not allow; call it after the "
                 "capture (e.g. after a replay)");
+  }
+  int32_t bits = 0;
+  for (int d : used) {
+    const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(d));
     C10_CUDA_CHECK(cudaDeviceSynchronize());
     bits |= __atomic_exchange_n(g_flags[d].host, 0, __ATOMIC_ACQ_REL);
   }

@@ -34,11 +34,13 @@ def matches() -> bool:
 
 
 def rebuild_command() -> str:
-    """The one command that rebuilds fastattn against the installed torch."""
+    """The one command that rebuilds fastattn against the installed torch (`make build` in
+    a checkout does the same for its editable install)."""
     source = _build_config.SOURCE_DIR
     if not os.path.isfile(os.path.join(source, "pyproject.toml")):
         source = "<path to the fastattn source>"
-    return f"pip install --no-build-isolation --no-deps --force-reinstall {shlex.quote(source)}"
+    return (f"pip install --no-build-isolation --no-deps --force-reinstall {shlex.quote(source)}"
+            " (in a source checkout: make build)")
 
 
 def load_error_message(error: BaseException) -> str:

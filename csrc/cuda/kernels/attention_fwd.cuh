@@ -412,7 +412,10 @@ template <typename T, int kHeadDim>
 void launch_attention_fwd(const AttnParams& p, void* stream) {
   namespace dev = ::fastattn::device;
   using Cfg = attn_fwd::FwdConfig<kHeadDim>;
-  if (p.batch <= 0 || p.seqlen_q <= 0 || p.num_heads_k <= 0) return;
+  if (p.batch <= 0 || p.num_heads_k <= 0) return;
+  // Paged extend still launches with no query token at all: its blocks check the block
+  // table (as the CPU does), then return.
+  if (p.seqlen_q <= 0 && !p.block_table) return;
   // Packed rows of one (batch row, KV head); the kernel indexes them with int.
   const int64_t rows = int64_t(p.seqlen_q) * (p.num_heads_q / p.num_heads_k);
   if (rows > INT_MAX - Cfg::kBlockM || p.num_heads_k > 65535 || p.batch > 65535) {
@@ -421,7 +424,7 @@ void launch_attention_fwd(const AttnParams& p, void* stream) {
         ", Hk = " + std::to_string(p.num_heads_k) + ", batch = " + std::to_string(p.batch) +
         "; limits 2^31 - 65, 65535, 65535)");
   }
-  const int64_t m_blocks = (rows + Cfg::kBlockM - 1) / Cfg::kBlockM;
+  const int64_t m_blocks = rows > 0 ? (rows + Cfg::kBlockM - 1) / Cfg::kBlockM : 1;
   const dev::LaunchConfig cfg{dev::dim3(unsigned(m_blocks), unsigned(p.num_heads_k),
                                         unsigned(p.batch)),
                               dev::dim3(Cfg::kThreads), Cfg::kSmemBytes,
