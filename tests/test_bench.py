@@ -164,6 +164,9 @@ def test_quick_leaves_out_compiled_peers(monkeypatch):
     assert set(quick) == set(peers.FAMILIES) - set(compiled)
     assert len(quick_notes) == len(compiled)
     assert all("--quick" in note and "torch.compile" in note for note in quick_notes)
+    plain, plain_notes = peers.select("cuda", quick=False, no_compile=True)
+    assert plain == quick and all("--no-compile" in note for note in plain_notes)
+    assert cli.parse_args(["--no-compile", "prefill"]).no_compile
 
     cpu, cpu_notes = peers.select("cpu", quick=False)
     assert "flex" not in cpu and "flashinfer" not in cpu and "torch" in cpu

@@ -57,6 +57,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--quick", action="store_true",
         help="small shapes and few repeats (a smoke run, well under a minute); leaves out "
              "the peers that need torch.compile")
+    timing_group.add_argument(
+        "--no-compile", action="store_true",
+        help="leave out the peers that need torch.compile (FlexAttention), as --quick does")
     timing_group.add_argument("--warmup", type=int, help="untimed calls before timing")
     timing_group.add_argument("--repeats", type=int, help="least number of timed calls")
     timing_group.add_argument("--min-time", type=float,
@@ -110,7 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     suites = list(dict.fromkeys(args.suites)) or list(SUITES)
     cases = [Case(suite, dtype, resolve_shape(suite, profile, vars(args)))
              for suite in suites for dtype in dtypes]
-    families, family_notes = peers.select(device, quick=args.quick)
+    families, family_notes = peers.select(device, quick=args.quick, no_compile=args.no_compile)
 
     started = time.perf_counter()
     info = machine.machine_info(argv)

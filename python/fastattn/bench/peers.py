@@ -107,11 +107,12 @@ FAMILIES = {
 }
 
 
-def select(device: str, quick: bool) -> Tuple[List[str], List[str]]:
+def select(device: str, quick: bool, no_compile: bool = False) -> Tuple[List[str], List[str]]:
     """The peer families this run measures, and one note per family it leaves out.
 
-    --quick leaves out the compiled families: a cold torch.compile of FlexAttention can take
-    minutes, far beyond the time budget of a smoke run (the GPU check runs --quick).
+    --quick (and --no-compile) leave out the compiled families: a cold torch.compile of
+    FlexAttention can take minutes, far beyond the time budget of a smoke run or of the GPU
+    check (which runs --quick, then the default shapes with --no-compile).
     """
     chosen, notes = [], []
     for name, family in FAMILIES.items():
@@ -119,9 +120,10 @@ def select(device: str, quick: bool) -> Tuple[List[str], List[str]]:
             notes.append(f"{name}: measured on CUDA only, skipped")
         elif family.module is not None and _import(family.module) is None:
             notes.append(f"{name}: cannot import {family.module}, skipped")
-        elif family.compiled and quick:
+        elif family.compiled and (quick or no_compile):
+            flag = "--quick" if quick else "--no-compile"
             notes.append(f"{name}: needs torch.compile (a cold compile can take minutes), "
-                         "skipped in --quick mode; run without --quick to measure it")
+                         f"skipped with {flag}; run without it to measure it")
         else:
             chosen.append(name)
     return chosen, notes

@@ -13,6 +13,9 @@ from .._dtypes import dtype_name
 # so a 50 us op gets enough samples for a stable median while a 2 s op gets `repeats`.
 TIMING_DEFAULTS = {"cpu": (1, 5, 0.5), "cuda": (10, 50, 0.2), "quick": (1, 3, 0.05)}
 MAX_RUNS_PER_REPEAT = 50
+# Device cycles of head start per queued call (~100 us at ~2 GHz): more than the host needs
+# to launch one call of any suite, so the device never waits for the host while timing.
+HEAD_START_CYCLES_PER_CALL = 200_000
 
 # Peak probes. The matmul doubles from 256 up to the cap while the next product is expected
 # (8x the last) to stay under the time limit: CPU fp16 matmul can be 1000x slower than fp32,
@@ -50,8 +53,11 @@ def time_fn(fn: Callable[[], Any], device, warmup: int, repeats: int,
     """Milliseconds of each timed call, after `warmup` untimed calls.
 
     At least `repeats` calls, more until `min_time_s` has passed (at most
-    MAX_RUNS_PER_REPEAT * repeats). On CUDA each call is bracketed by events (device
-    time, without host sync overhead); on CPU by perf_counter.
+    MAX_RUNS_PER_REPEAT * repeats). On CUDA each call is bracketed by events, in batches of
+    `repeats` calls queued behind a device-side sleep: the host has queued them all before
+    the device reaches the first, so the events time the kernels, not the host's launch gaps
+    (a call-by-call synced loop adds ~10-50 us of launch latency to every call, which is
+    the whole time of a small decode kernel). On CPU, perf_counter around each call.
     """
     cuda = torch.device(device).type == "cuda"
     for _ in range(warmup):
@@ -63,12 +69,16 @@ def time_fn(fn: Callable[[], Any], device, warmup: int, repeats: int,
     while len(times) < repeats or (time.perf_counter() - start < min_time_s
                                    and len(times) < max_runs):
         if cuda:
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(begin.elapsed_time(end))
+            n = max(1, min(repeats, max_runs - len(times)))
+            torch.cuda._sleep(HEAD_START_CYCLES_PER_CALL * n)
+            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                      for _ in range(n)]
+            for begin, end in events:
+                begin.record()
+                fn()
+                end.record()
+            events[-1][1].synchronize()
+            times.extend(begin.elapsed_time(end) for begin, end in events)
         else:
             t0 = time.perf_counter()
             fn()
