@@ -26,6 +26,7 @@ from ._api import (
     self_attention,
 )
 from .cache import OutOfPagesError, PagedBatch, PagedKVCache
+from . import compat  # noqa: E402  (FlashAttention-2's function names)
 
 __version__ = _C.build_info()["version"]
 
