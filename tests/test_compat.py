@@ -454,3 +454,42 @@ def test_varlen_paged_error_names(device):
     with raises_value_error(device, "cu_seqlens_k"):
         compat.flash_attn_varlen_func(*args, decreasing, 2, 9, block_table=cache.block_table)
         fastattn.check_errors()
+
+
+@pytest.mark.parametrize("page_size", [1, 16])
+def test_with_kvcache_padding_entries(device, page_size):
+    """Padding entries of a decode batch (transformers' continuous batching pads its block-table
+    step this way): cache_seqlens -1 with one new token and a block-table row of -1. Nothing is
+    written for them, their output is 0 and their lse -inf; the real rows are unaffected."""
+    skip_if_unsupported(device, F16, HEAD_DIM)
+    seq_lens = [9, 1, 30]
+    cache = PagedKV.random(seq_lens, KV_HEADS, HEAD_DIM, page_size, F16, device)
+    table = torch.cat([cache.block_table,
+                       torch.full((2, cache.block_table.shape[1]), -1, dtype=torch.int32,
+                                  device=device)])
+    q = randn(len(seq_lens) + 2, 1, HEADS, HEAD_DIM, dtype=F16, device=device)
+    new_k = torch.stack([k[-1:] for k in cache.keys] + [randn(1, KV_HEADS, HEAD_DIM, dtype=F16)] * 2)
+    new_v = torch.stack([v[-1:] for v in cache.values] + [randn(1, KV_HEADS, HEAD_DIM, dtype=F16)] * 2)
+    for b, n in enumerate(seq_lens):
+        page, offset = divmod(cache.slot(b, n - 1), page_size)
+        cache.k_cache[page, offset] = float("nan")
+        cache.v_cache[page, offset] = float("nan")
+    expected_k, expected_v = cache.k_cache.clone(), cache.v_cache.clone()
+    for b, n in enumerate(seq_lens):
+        page, offset = divmod(cache.slot(b, n - 1), page_size)
+        expected_k[page, offset] = new_k[b, 0].to(device)
+        expected_v[page, offset] = new_v[b, 0].to(device)
+    cached = torch.tensor([n - 1 for n in seq_lens] + [-1, -1], dtype=torch.int32, device=device)
+
+    out, lse = compat.flash_attn_with_kvcache(q, cache.k_cache, cache.v_cache, new_k.to(device),
+                                              new_v.to(device), cache_seqlens=cached,
+                                              block_table=table, return_softmax_lse=True)
+    fastattn.check_errors()
+    assert is_nan_bitwise_equal(cache.k_cache.cpu(), expected_k.cpu())
+    assert is_nan_bitwise_equal(cache.v_cache.cpu(), expected_v.cpu())
+    assert torch.equal(out[3:].cpu(), torch.zeros_like(out[3:]).cpu())
+    assert bool(torch.isneginf(lse[3:]).all())
+    alone = compat.flash_attn_with_kvcache(q[:3], cache.k_cache, cache.v_cache,
+                                           cache_seqlens=cache.seq_lens,
+                                           block_table=cache.block_table)
+    assert torch.equal(out[:3], alone)
