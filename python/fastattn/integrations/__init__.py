@@ -1,0 +1,1 @@
+"""Integrations of fastattn with serving and modelling stacks."""
