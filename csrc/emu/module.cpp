@@ -30,6 +30,7 @@ struct Runners {
   FA_RUNNER_FIELD(reduce, ReduceArgs)
   FA_RUNNER_FIELD(atomics, AtomicArgs)
   FA_RUNNER_FIELD(math, MathArgs)
+  FA_RUNNER_FIELD(fp8, Fp8Args)
   FA_RUNNER_FIELD(misuse, MisuseArgs)
   FA_RUNNER_FIELD(smem_poison, SmemPoisonArgs)
 #undef FA_RUNNER_FIELD
@@ -38,8 +39,8 @@ struct Runners {
 #define FA_RUNNERS_OF(ns, is_emulated)                                                      \
   Runners {                                                                                 \
     is_emulated, ns::run_index, ns::run_mma, ns::run_shfl, ns::run_vote, ns::run_ldmatrix,  \
-        ns::run_cp_async, ns::run_reduce, ns::run_atomics, ns::run_math, ns::run_misuse,    \
-        ns::run_smem_poison                                                                 \
+        ns::run_cp_async, ns::run_reduce, ns::run_atomics, ns::run_math, ns::run_fp8,       \
+        ns::run_misuse, ns::run_smem_poison                                                 \
   }
 
 template <class T>
@@ -183,6 +184,25 @@ void bind_backend(py::module_ m, Runners r) {
       py::arg("pack_bf16"), py::arg("unpack_f16"), py::arg("unpack_bf16"), py::arg("exp2"),
       py::arg("rcp"), py::arg("tanh"), py::arg("bits"), py::arg("nbits"),
       py::arg("f16_to_f32"), py::arg("bf16_to_f32"), seed, workers);
+
+  m.def(
+      "fp8",
+      [r](bool e5m2, uintptr_t codes, int ncodes, uintptr_t wide16, uintptr_t wide32,
+          uintptr_t x, int nx, uintptr_t narrow, uint64_t s, int w) {
+        pt::Fp8Args a{e5m2,
+                      ptr<const uint8_t>(codes),
+                      ncodes,
+                      ptr<uint16_t>(wide16),
+                      ptr<float>(wide32),
+                      ptr<const float>(x),
+                      nx,
+                      ptr<uint8_t>(narrow)};
+        run(r, r.fp8, a, s, w);
+      },
+      py::arg("e5m2"), py::arg("codes"), py::arg("ncodes"), py::arg("wide16"),
+      py::arg("wide32"), py::arg("x"), py::arg("nx"), py::arg("narrow"), seed, workers,
+      "fp8 conversions: codes [n] -> wide16 [8, n] fp16/bf16 bits, wide32 [3, n]; "
+      "x [nx] -> narrow [3, nx] codes (rows: see Fp8Args in test_kernels.h).");
 
   m.def(
       "misuse",

@@ -252,6 +252,58 @@ FA_KERNEL void math_kernel(MathArgs a) {
 }
 
 // ---------------------------------------------------------------------------------------
+// fp8 conversions: every function of fp8.h on both paths (Fp8Path), on the same inputs
+// ---------------------------------------------------------------------------------------
+template <class F, Fp8Path P>
+FA_DEVICE void fp8_widen_group(const Fp8Args& a, int i, uint32_t w, int row_offset) {
+  const size_t n = size_t(a.ncodes);
+  auto put2 = [&](int row, int at, uint32_t v) {  // a packed pair: low half first
+    a.wide16[(row + row_offset) * n + at] = uint16_t(v & 0xffffu);
+    a.wide16[(row + row_offset) * n + at + 1] = uint16_t(v >> 16);
+  };
+  for (int h = 0; h < 2; ++h) {
+    const uint16_t pair = uint16_t(w >> (16 * h));
+    put2(kFp8F16x2, i + 2 * h, fp8x2_to_f16x2<F, P>(pair));
+    put2(kFp8Bf16x2, i + 2 * h, fp8x2_to_bf16x2<F, P>(pair));
+    const float2 f = fp8x2_to_float2<F, P>(pair);
+    a.wide32[row_offset * n + i + 2 * h] = f.x;
+    a.wide32[row_offset * n + i + 2 * h + 1] = f.y;
+  }
+  const uint2 h4 = fp8x4_to_pack2x2<half_t, F, P>(w), b4 = fp8x4_to_pack2x2<bf16_t, F, P>(w);
+  put2(kFp8F16x4, i, h4.x);
+  put2(kFp8F16x4, i + 2, h4.y);
+  put2(kFp8Bf16x4, i, b4.x);
+  put2(kFp8Bf16x4, i + 2, b4.y);
+}
+
+template <class F>
+FA_KERNEL void fp8_kernel(Fp8Args a) {
+  const int stride = int(gridDim.x * blockDim.x);
+  const int first = int(blockIdx.x * blockDim.x + threadIdx.x);
+  for (int q = first; q < a.ncodes / 4; q += stride) {
+    const int i = 4 * q;
+    const uint8_t* c = a.codes + i;
+    const uint32_t w = uint32_t(c[0]) | (uint32_t(c[1]) << 8) | (uint32_t(c[2]) << 16) |
+                       (uint32_t(c[3]) << 24);
+    fp8_widen_group<F, Fp8Path::kNative>(a, i, w, 0);
+    fp8_widen_group<F, Fp8Path::kSoftware>(a, i, w, 1);
+    for (int k = 0; k < 4; ++k) a.wide32[2 * size_t(a.ncodes) + i + k] = to_float(F{c[k]});
+  }
+  const size_t nx = size_t(a.nx);
+  for (int j = first; j < a.nx / 2; j += stride) {
+    const float lo = a.x[2 * j], hi = a.x[2 * j + 1];
+    const uint16_t p = float2_to_fp8x2<F>(lo, hi);
+    const uint16_t ps = float2_to_fp8x2<F, Fp8Path::kSoftware>(lo, hi);
+    a.narrow[2 * j] = uint8_t(p & 0xffu);
+    a.narrow[2 * j + 1] = uint8_t(p >> 8);
+    a.narrow[nx + 2 * j] = uint8_t(ps & 0xffu);
+    a.narrow[nx + 2 * j + 1] = uint8_t(ps >> 8);
+    a.narrow[2 * nx + 2 * j] = from_float<F>(lo).bits;
+    a.narrow[2 * nx + 2 * j + 1] = from_float<F>(hi).bits;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // Misuse the emulation must report instead of hanging or passing silently. Block of 64
 // threads (48 for kind 5). Kind 0 is correct code (the control).
 // ---------------------------------------------------------------------------------------
@@ -404,6 +456,16 @@ void run_atomics(const AtomicArgs& a) {
 
 void run_math(const MathArgs& a) {
   dev::launch(math_kernel, {dev::dim3(8), dev::dim3(128)}, a);
+  dev::synchronize();
+}
+
+void run_fp8(const Fp8Args& a) {
+  const dev::LaunchConfig cfg{dev::dim3(4), dev::dim3(64)};
+  if (a.e5m2) {
+    dev::launch(fp8_kernel<dev::fp8_e5m2_t>, cfg, a);
+  } else {
+    dev::launch(fp8_kernel<dev::fp8_e4m3_t>, cfg, a);
+  }
   dev::synchronize();
 }
 

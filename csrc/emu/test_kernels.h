@@ -124,6 +124,23 @@ struct MathArgs {
   float* bf16_to_f32;    // [nbits]  to_float(bf16_t)
 };
 
+// fp8 conversions (fastattn/device/fp8.h) in one format per launch, on both paths
+// (Fp8Path::kNative, then kSoftware). Widening reads the codes four at a time (code i is
+// element i % 4 of its group); narrowing converts pairs.
+struct Fp8Args {
+  int e5m2;              // 0: e4m3fn, 1: e5m2
+  const uint8_t* codes;  // [ncodes], a multiple of 4
+  int ncodes;
+  uint16_t* wide16;      // [8, ncodes] fp16/bf16 bits: rows kFp8* + (0 native | 1 software)
+  float* wide32;         // [3, ncodes] fp8x2_to_float2 native, software; to_float
+  const float* x;        // [nx], nx even
+  int nx;
+  uint8_t* narrow;       // [3, nx] codes: float2_to_fp8x2 native, software; from_float
+};
+// wide16 row pairs: fp8x2_to_f16x2, fp8x4_to_pack2x2<half_t>, fp8x2_to_bf16x2,
+// fp8x4_to_pack2x2<bf16_t>.
+constexpr int kFp8F16x2 = 0, kFp8F16x4 = 2, kFp8Bf16x2 = 4, kFp8Bf16x4 = 6;
+
 // Misuse the emulation must report (kind): see test_kernels.cuh.
 struct MisuseArgs {
   int kind;
@@ -147,6 +164,7 @@ struct SmemPoisonArgs {
   void run_reduce(const ReduceArgs&);              \
   void run_atomics(const AtomicArgs&);             \
   void run_math(const MathArgs&);                  \
+  void run_fp8(const Fp8Args&);                    \
   void run_misuse(const MisuseArgs&);              \
   void run_smem_poison(const SmemPoisonArgs&);
 

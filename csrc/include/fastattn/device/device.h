@@ -6,12 +6,14 @@
 //   mma.h      mma_m16n8k16<half_t|bf16_t>, ldmatrix<x, trans>
 //   memory.h   cp_async_16 / commit / wait, atomics
 //   math.h     fp16/bf16 conversions and packing, fast_exp2, fast_rcp, fast_tanh
+//   fp8.h      fp8 e4m3/e5m2 storage; exact widening to f16x2/bf16x2/float2, saturating narrowing
 //   launch.h   LaunchConfig, launch(kernel, cfg, args...), synchronize
 //
 // Compiled by nvcc these are PTX; compiled by a host compiler with FASTATTN_EMULATION they
 // run on the CPU emulation (emu_runtime.h, csrc/emu/runtime.cpp) so that the same kernel
 // source runs in CI. Everything lives in namespace fastattn::device.
 #include "fastattn/device/config.h"
+#include "fastattn/device/fp8.h"
 #include "fastattn/device/launch.h"
 #include "fastattn/device/math.h"
 #include "fastattn/device/memory.h"
