@@ -81,6 +81,27 @@ def test_several_dtypes_and_suite_selection(tmp_path):
         assert all(r["agrees"] is not False for r in case["results"])
 
 
+def test_kv_dtype_rows(tmp_path):
+    """--kv-dtype: a row per cache dtype for the paged suites only; an fp8 case is checked
+    against and timed with fastattn over the same values in a cache of q's dtype, counted
+    in its own bytes."""
+    doc = run_bench(tmp_path, "decode", "extend", "append", "prefill", "--dtype", "bfloat16",
+                    "--kv-dtype", "same", "--kv-dtype", "fp8_e4m3", "--kv-dtype", "fp8_e5m2")
+    assert [(c["suite"], c["dtype"]) for c in doc["cases"]] == [
+        (suite, dtype) for suite in ("decode", "extend", "append")
+        for dtype in ("bfloat16", "bfloat16/e4m3fn", "bfloat16/e5m2")] + [("prefill", "bfloat16")]
+    by_key = {(c["suite"], c["dtype"]): c for c in doc["cases"]}
+    for suite in ("decode", "extend", "append"):
+        for fmt in ("e4m3fn", "e5m2"):
+            case = by_key[(suite, f"bfloat16/{fmt}")]
+            fa, baseline = case["results"]
+            assert baseline["impl"] == "fastattn, bfloat16 cache" and baseline["agrees"] is True
+            if suite != "extend":  # byte counts: the fp8 call moves fewer bytes
+                assert case["work"] < by_key[(suite, "bfloat16")]["work"]
+                assert baseline["throughput"] * baseline["time_ms"] == pytest.approx(
+                    by_key[(suite, "bfloat16")]["work"] / 1e6)
+
+
 @pytest.mark.parametrize("sq,sk", [(1, 1), (5, 5), (3, 9), (9, 3), (16, 16), (7, 20)])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("window", [(-1, -1), (0, 0), (2, -1), (-1, 3), (4, 1)])

@@ -16,7 +16,7 @@ import fastattn
 
 LEVELS = ["generic", "avx512", "avx512_bf16"]
 TESTS = pathlib.Path(__file__).parent
-PARITY_FILES = ["test_paged.py", "test_attention.py", "test_varlen.py"]
+PARITY_FILES = ["test_paged.py", "test_attention.py", "test_varlen.py", "test_fp8.py"]
 
 
 def _run_level(env) -> subprocess.CompletedProcess:
@@ -36,7 +36,8 @@ def test_cpu_parity_at_capped_level(level):
     env = dict(os.environ, FASTATTN_CPU_ISA=level)
     assert _run_level(env).stdout.strip() == level
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cpu",
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
+         "cpu or e4m3 or e5m2",
          *[str(TESTS / name) for name in PARITY_FILES]],
         env=env, cwd=TESTS.parent, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]

@@ -317,8 +317,9 @@ DTYPE_CASES = [
          id="varlen-cu_seqlens_k_int64", cu_seqlens_k=i64([0, 3, 7])),
     case("paged-decode", TypeError, r"^q: expected dtype in .* got float64$",
          id="paged-q_float64", **decode_args(F64)),
-    case("paged-decode", TypeError, r"^k_cache: expected dtype float32 \(the dtype of q\), "
-         r"got float16$", id="paged-k_cache_dtype", k_cache=r(4, 3, 2, 8, dtype=F16)),
+    case("paged-decode", TypeError, r"^k_cache: expected dtype float32 \(the dtype of q\) or "
+         r"an fp8 dtype \(float8_e4m3fn, float8_e5m2\), got float16$", id="paged-k_cache_dtype",
+         k_cache=r(4, 3, 2, 8, dtype=F16)),
     case("paged-decode", TypeError, r"^v_cache: expected dtype float32 .* got bfloat16$",
          id="paged-v_cache_dtype", v_cache=r(4, 3, 2, 8, dtype=BF16)),
     case("paged-decode", TypeError, r"^block_table: expected dtype int32 with shape "

@@ -19,6 +19,9 @@
 // Paged decode (one query per sequence) has its own path, Decode below: it is
 // bound by how fast the cache streams in, so it reads the cache in place in its
 // dtype (no staging) and prefetches in memory order (csrc/cpu/row_kernels.cpp).
+//
+// fp8 caches (KV = c10::Float8_*; paged ops only): codes are widened exactly, the K scale
+// of the item's KV head is folded into the queries and the V scale into the output.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -31,6 +34,7 @@
 #include <vector>
 
 #include "cpu/cpu_kernels.h"
+#include "cpu/fp8.h"
 #include "cpu/vec.h"
 #include "fastattn/mask.h"
 #include "fastattn/softmax.h"
@@ -63,6 +67,9 @@ inline void to_float(const c10::Half* src, float* dst, int n) {
   vec::f16_to_f32(reinterpret_cast<const uint16_t*>(src), dst, n);
 }
 
+inline void to_float(const c10::Float8_e4m3fn* src, float* dst, int n) { vec::fp8_to_f32(src, dst, n); }
+inline void to_float(const c10::Float8_e5m2* src, float* dst, int n) { vec::fp8_to_f32(src, dst, n); }
+
 // One row's online-softmax step over a tile of n scores, in place: caps them, masks
 // keys outside [lo, hi), rescales the row's accumulator acc [D] to the new max and
 // replaces the scores by their exponentials, adding their sum to the state.
@@ -88,7 +95,8 @@ struct Workspace {
   std::vector<KeyRange> ranges;
 };
 
-template <typename T>
+// T: queries and output; KV: keys and values (T, or an fp8 cache type).
+template <typename T, typename KV>
 class AttentionTile {
  public:
   AttentionTile(const AttnParams& p, int m_block) : p_(p), m_block_(m_block) {
@@ -121,10 +129,11 @@ class AttentionTile {
     const KeyRange keys = visible_keys_of_rows(i0, i0 + m_, s.q_len, s.k_len, p_.causal,
                                                p_.window_left, p_.window_right);
     const T* q = static_cast<const T*>(p_.q);
+    const float q_scale = p_.softmax_scale * kv_scale(p_.k_scale, hk);
     for (int r = 0; r < rows_; ++r) {
       float* dst = &ws_.q[size_t(r) * D];
       to_float(q + q_offset(p_, s, b, i0 + r / group_, hk * group_ + r % group_), dst, D);
-      vec::scale(dst, p_.softmax_scale, D);
+      vec::scale(dst, q_scale, D);
       ws_.state[r].init();
     }
     std::fill_n(ws_.acc.begin(), size_t(rows_) * D, 0.f);
@@ -196,13 +205,13 @@ class AttentionTile {
   }
 
   // Points k_tile_/v_tile_ at fp32 [n, D] rows with leading dimensions k_ld_/v_ld_:
-  // fp32 dense keys are used where they lie; anything else (paged, fp16, bf16) is
+  // fp32 dense keys are used where they lie; anything else (paged, fp16, bf16, fp8) is
   // converted into the workspace.
   void stage_kv(const SeqBounds& s, int b, int hk, int n0, int n) {
     const int D = p_.head_dim;
-    const T* k = static_cast<const T*>(p_.k);
-    const T* v = static_cast<const T*>(p_.v);
-    if constexpr (std::is_same_v<T, float>) {
+    const KV* k = static_cast<const KV*>(p_.k);
+    const KV* v = static_cast<const KV*>(p_.v);
+    if constexpr (std::is_same_v<KV, float>) {
       if (!p_.block_table) {
         k_tile_ = k + k_offset(p_, s, b, n0, hk);
         v_tile_ = v + v_offset(p_, s, b, n0, hk);
@@ -217,7 +226,7 @@ class AttentionTile {
     // Paged rows of one head sit a whole token apart (often beyond the 4 KiB the
     // hardware prefetchers follow), so each row would pay a DRAM latency:
     // request rows kPrefetch keys ahead.
-    const int64_t row_bytes = int64_t(D) * sizeof(T);
+    const int64_t row_bytes = int64_t(D) * sizeof(KV);
     for (int j = 0; j < std::min(n, kPrefetch); ++j) {
       prefetch(k + k_offset(p_, s, b, n0 + j, hk), row_bytes);
       prefetch(v + v_offset(p_, s, b, n0 + j, hk), row_bytes);
@@ -248,10 +257,11 @@ class AttentionTile {
   void write_out(const SeqBounds& s, int b, int hk, int i0) {
     const int D = p_.head_dim;
     T* o = static_cast<T*>(p_.o);
+    const float v_scale = kv_scale(p_.v_scale, hk);
     for (int r = 0; r < rows_; ++r) {
       const int i = i0 + r / group_;
       const int h = hk * group_ + r % group_;
-      const float inv = ws_.state[r].inv_sum();
+      const float inv = ws_.state[r].inv_sum() * v_scale;
       T* dst = o + o_offset(p_, s, b, i, h);
       const float* acc = &ws_.acc[size_t(r) * D];
       for (int d = 0; d < D; ++d) dst[d] = T(acc[d] * inv);
@@ -281,7 +291,7 @@ class AttentionTile {
 // the rows in place, in the cache dtype, and prefetch the tile that comes next
 // (the next item's first tile after an item's last), so the cache streams in
 // while the current tile computes.
-template <typename T>
+template <typename T, typename KV>
 class Decode {
  public:
   // Items are (batch row, chunk of `per` KV heads), chunk-minor.
@@ -290,7 +300,7 @@ class Decode {
     chunks_ = (p.num_heads_k + per - 1) / per;
     const int D = p.head_dim;
     // ~64 KiB of keys per tile: this tile and the next, K and V, stay in L2.
-    const int64_t token_bytes = int64_t(per) * D * sizeof(T);
+    const int64_t token_bytes = int64_t(per) * D * sizeof(KV);
     keys_ = int(std::clamp<int64_t>(kTileBytes / token_bytes / 16 * 16, 16, 256));
     const size_t rows = size_t(per) * group_;
     qf_.resize(rows * D);
@@ -350,6 +360,9 @@ class Decode {
       const T* src = q + q_offset(p_, it.s, it.b, 0, h0 + r);
       if constexpr (kNativeQ) std::copy_n(src, D, &qn_[size_t(r) * D]);
       to_float(src, &qf_[size_t(r) * D], D);
+      // fp8: the K scale rides on the fp32 queries (native queries serve bf16 caches only).
+      if constexpr (kIsFp8<KV>)
+        vec::scale(&qf_[size_t(r) * D], kv_scale(p_.k_scale, it.hk0 + r / group_), D);
       state_[r].init();
     }
     std::fill_n(acc_.begin(), size_t(rows) * D, 0.f);
@@ -360,14 +373,14 @@ class Decode {
       const int n = fill(it, kr.lo, cur);
       for (int j = 0; j < n; ++j)
         for (int hk = it.hk0; hk < it.hk1; ++hk) {
-          prefetch(k_[cur][j] + hk * khs, D * int64_t(sizeof(T)));
-          prefetch(v_[cur][j] + hk * vhs, D * int64_t(sizeof(T)));
+          prefetch(k_[cur][j] + hk * khs, D * int64_t(sizeof(KV)));
+          prefetch(v_[cur][j] + hk * vhs, D * int64_t(sizeof(KV)));
         }
     }
     int next_ready = -1;
     for (int n0 = kr.lo; n0 < kr.hi; n0 += keys_, cur ^= 1) {
       const int n = std::min(keys_, kr.hi - n0);
-      vec::RowTile<T> nk, nv;
+      vec::RowTile<KV> nk, nv;
       if (n0 + keys_ < kr.hi) {
         nk.n = nv.n = fill(it, n0 + keys_, cur ^ 1);
         nk.heads = nv.heads = it.hk1 - it.hk0;
@@ -393,7 +406,7 @@ class Decode {
 
     T* o = static_cast<T*>(p_.o);
     for (int r = 0; r < rows; ++r) {
-      const float inv = state_[r].inv_sum();
+      const float inv = state_[r].inv_sum() * kv_scale(p_.v_scale, it.hk0 + r / group_);
       T* dst = o + o_offset(p_, it.s, it.b, 0, h0 + r);
       for (int d = 0; d < D; ++d) dst[d] = T(acc_[size_t(r) * D + d] * inv);
       if (p_.lse) p_.lse[lse_offset(p_, it.s, it.b, 0, h0 + r)] = state_[r].lse();
@@ -405,8 +418,8 @@ class Decode {
   // its length.
   int fill(const Item& it, int n0, int i) {
     const int n = std::clamp(it.keys.hi - n0, 0, keys_);
-    const T* k = static_cast<const T*>(p_.k);
-    const T* v = static_cast<const T*>(p_.v);
+    const KV* k = static_cast<const KV*>(p_.k);
+    const KV* v = static_cast<const KV*>(p_.v);
     for (int j = 0; j < n; ++j) {
       k_[i][j] = k + kv_token_offset(p_, it.s, it.b, n0 + j, p_.k_batch_stride, p_.k_row_stride);
       v_[i][j] = v + kv_token_offset(p_, it.s, it.b, n0 + j, p_.v_batch_stride, p_.v_row_stride);
@@ -418,19 +431,20 @@ class Decode {
   int per_, chunks_, group_, keys_;
   std::vector<float> qf_, s_, acc_;
   // Queries in the cache dtype, for the bf16 dot product; fp32 reads qf_ itself.
-  static constexpr bool kNativeQ = std::is_same_v<T, c10::BFloat16>;
-  const T* q_native() const {
-    if constexpr (std::is_same_v<T, float>) return qf_.data();
-    return kNativeQ ? qn_.data() : nullptr;
+  static constexpr bool kNativeQ = std::is_same_v<T, c10::BFloat16> && std::is_same_v<KV, T>;
+  const KV* q_native() const {
+    if constexpr (std::is_same_v<KV, float>) return qf_.data();
+    if constexpr (kNativeQ) return qn_.data();
+    return nullptr;
   }
   std::vector<T> qn_;
   std::vector<OnlineSoftmax> state_;
-  std::vector<const T*> k_[2], v_[2];
+  std::vector<const KV*> k_[2], v_[2];
 };
 
-template <typename T>
+template <typename T, typename KV>
 void attention_fwd_impl(const AttnParams& p) {
-  if (Decode<T>::applies(p)) {
+  if (Decode<T, KV>::applies(p)) {
     // Batch rows, split by KV heads until there are two items per thread.
     const int64_t threads = at::get_num_threads();
     const int Hk = p.num_heads_k;
@@ -438,7 +452,7 @@ void attention_fwd_impl(const AttnParams& p) {
     const int per = (Hk + splits - 1) / splits;
     const int64_t items = int64_t(p.batch) * ((Hk + per - 1) / per);
     at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-      Decode<T>(p, per).run(begin, end);
+      Decode<T, KV>(p, per).run(begin, end);
     });
     return;
   }
@@ -450,7 +464,7 @@ void attention_fwd_impl(const AttnParams& p) {
   at::parallel_for(0, num_items, 1, [&](int64_t begin, int64_t end) {
     // The GEMMs below run on plain fp32 buffers; keep autograd out of them.
     c10::InferenceMode guard;
-    AttentionTile<T> tile(p, m_block);
+    AttentionTile<T, KV> tile(p, m_block);
     for (int64_t item = begin; item < end; ++item) {
       const int t = int(item % q_tiles);
       const int hk = int((item / q_tiles) % p.num_heads_k);
@@ -462,8 +476,10 @@ void attention_fwd_impl(const AttnParams& p) {
 
 }  // namespace
 
-void attention_fwd(const AttnParams& p, c10::ScalarType dtype) {
-  FASTATTN_CPU_DISPATCH(dtype, attention_fwd_impl, p)
+void attention_fwd(const AttnParams& p, c10::ScalarType dtype, c10::ScalarType kv_dtype) {
+  dispatch_q_kv(dtype, kv_dtype, [&](auto t, auto kv) {
+    attention_fwd_impl<decltype(t), decltype(kv)>(p);
+  });
 }
 
 }  // namespace fastattn::cpu

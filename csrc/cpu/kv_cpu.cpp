@@ -1,7 +1,7 @@
 // CPU append_kv and merge_attention_states.
 //
 // append_kv: at::parallel_for over tokens; each token copies its Hk x D rows of
-// k and v into the slot's page. Negative slots are skipped.
+// k and v into the slot's page (quantized for an fp8 cache). Negative slots are skipped.
 // merge: at::parallel_for over (token, head) rows.
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -10,16 +10,27 @@
 #include <algorithm>
 
 #include "cpu/cpu_kernels.h"
+#include "cpu/fp8.h"
 #include "fastattn/mask.h"
 #include "fastattn/softmax.h"
 
 namespace fastattn::cpu {
 namespace {
 
-template <typename T>
+// n values of src into dst: a copy, or fp8 quantization by `scale`.
+template <typename T, typename C>
+void store_row(const T* src, C* dst, int n, float scale) {
+  if constexpr (kIsFp8<C>) {
+    for (int d = 0; d < n; ++d) dst[d] = fp8_quantize<C>(float(src[d]), scale);
+  } else {
+    std::copy_n(src, n, dst);
+  }
+}
+
+template <typename T, typename C>
 void append_kv_impl(const AppendKVParams& p) {
-  T* kc = static_cast<T*>(p.k_cache);
-  T* vc = static_cast<T*>(p.v_cache);
+  C* kc = static_cast<C*>(p.k_cache);
+  C* vc = static_cast<C*>(p.v_cache);
   const T* k = static_cast<const T*>(p.k);
   const T* v = static_cast<const T*>(p.v);
   at::parallel_for(0, p.num_tokens, 64, [&](int64_t begin, int64_t end) {
@@ -29,10 +40,12 @@ void append_kv_impl(const AppendKVParams& p) {
       const int64_t page = slot_page(slot, p.page_size);
       const int64_t off = slot_in_page(slot, p.page_size);
       for (int h = 0; h < p.num_heads_k; ++h) {
-        std::copy_n(k + t * p.k_token_stride + h * p.k_head_stride, p.head_dim,
-                    kc + page * p.kc_page_stride + off * p.kc_row_stride + h * p.kc_head_stride);
-        std::copy_n(v + t * p.v_token_stride + h * p.v_head_stride, p.head_dim,
-                    vc + page * p.vc_page_stride + off * p.vc_row_stride + h * p.vc_head_stride);
+        store_row(k + t * p.k_token_stride + h * p.k_head_stride,
+                  kc + page * p.kc_page_stride + off * p.kc_row_stride + h * p.kc_head_stride,
+                  p.head_dim, kv_scale(p.k_scale, h));
+        store_row(v + t * p.v_token_stride + h * p.v_head_stride,
+                  vc + page * p.vc_page_stride + off * p.vc_row_stride + h * p.vc_head_stride,
+                  p.head_dim, kv_scale(p.v_scale, h));
       }
     }
   });
@@ -57,8 +70,10 @@ void merge_impl(const MergeParams& p) {
 
 }  // namespace
 
-void append_kv(const AppendKVParams& p, c10::ScalarType dtype) {
-  FASTATTN_CPU_DISPATCH(dtype, append_kv_impl, p)
+void append_kv(const AppendKVParams& p, c10::ScalarType dtype, c10::ScalarType cache_dtype) {
+  dispatch_q_kv(dtype, cache_dtype, [&](auto t, auto c) {
+    append_kv_impl<decltype(t), decltype(c)>(p);
+  });
 }
 
 void merge_attention_states(const MergeParams& p, c10::ScalarType dtype) {

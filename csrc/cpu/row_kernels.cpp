@@ -26,6 +26,7 @@
 #include <immintrin.h>
 #endif
 
+#include "cpu/fp8.h"
 #include "cpu/simd.h"
 #include "cpu/vec.h"
 
@@ -34,6 +35,7 @@ namespace {
 
 template <typename E>
 float widen(E x) {
+  if constexpr (kIsFp8<E>) return fp8_to_float(x);
   return static_cast<float>(x);
 }
 
@@ -143,6 +145,22 @@ FA_AVX512 FA_INLINE __m512 load16(const c10::BFloat16* p, __mmask16 m) {
 }
 FA_AVX512 FA_INLINE __m512 load16(const c10::Half* p, __mmask16 m) {
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+// fp8 through fp16, exactly: e5m2 is the upper byte of an fp16; e4m3fn's exponent and
+// mantissa placed in an fp16 read 2^-8 times its value (subnormals included: the fp16
+// conversion handles them whatever MXCSR says), and its NaN code 0x7f needs a fix-up.
+FA_AVX512 FA_INLINE __m512 load16(const c10::Float8_e5m2* p, __mmask16 m) {
+  const __m256i x = _mm256_cvtepu8_epi16(_mm_maskz_loadu_epi8(m, p));
+  return _mm512_cvtph_ps(_mm256_slli_epi16(x, 8));
+}
+FA_AVX512 FA_INLINE __m512 load16(const c10::Float8_e4m3fn* p, __mmask16 m) {
+  const __m256i x = _mm256_cvtepu8_epi16(_mm_maskz_loadu_epi8(m, p));
+  const __m256i mag = _mm256_and_si256(x, _mm256_set1_epi16(0x7f));
+  const __m256i h = _mm256_or_si256(_mm256_slli_epi16(_mm256_xor_si256(x, mag), 8),
+                                    _mm256_slli_epi16(mag, 7));
+  const __m512 v = _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.f));
+  const __mmask16 nan = _mm256_cmpeq_epi16_mask(mag, _mm256_set1_epi16(0x7f));
+  return _mm512_mask_mov_ps(v, nan, _mm512_set1_ps(__builtin_nanf("")));
 }
 
 // Lane i of the result is the sum of the lanes of v[i]: 45 shuffles/adds for 16
@@ -343,6 +361,8 @@ void pv_rows_impl(const float* p, int64_t ldp, int group, int heads, const E* co
 FA_ROW_ENTRIES(float)
 FA_ROW_ENTRIES(c10::BFloat16)
 FA_ROW_ENTRIES(c10::Half)
+FA_ROW_ENTRIES(c10::Float8_e4m3fn)
+FA_ROW_ENTRIES(c10::Float8_e5m2)
 #undef FA_ROW_ENTRIES
 
 }  // namespace fastattn::cpu::vec

@@ -1,5 +1,6 @@
 // Multiversioned row kernels (see vec.h). Written so that GCC vectorises each
 // loop: no branches in loop bodies, reductions marked `omp simd`.
+#include "cpu/fp8.h"
 #include "cpu/vec.h"
 
 #include "cpu/simd.h"
@@ -102,6 +103,14 @@ FA_MULTIVERSION void f16_to_f32(const uint16_t* src, float* dst, int n) {
     const float sub = std::bit_cast<float>(sign | 0x33800000u) * float(mant);  // +-2^-24 * mant
     dst[i] = exp == 0 ? sub : std::bit_cast<float>(normal);
   }
+}
+
+FA_MULTIVERSION void fp8_to_f32(const c10::Float8_e4m3fn* src, float* dst, int n) {
+  for (int i = 0; i < n; ++i) dst[i] = fp8_to_float(src[i]);
+}
+
+FA_MULTIVERSION void fp8_to_f32(const c10::Float8_e5m2* src, float* dst, int n) {
+  for (int i = 0; i < n; ++i) dst[i] = fp8_to_float(src[i]);
 }
 
 }  // namespace fastattn::cpu::vec

@@ -5,6 +5,8 @@
 // other loop (and the fallbacks) is compiled for several x86 levels and picked
 // at load time (simd.h): one wheel is fast on new CPUs and still runs on old ones.
 #include <c10/util/BFloat16.h>
+#include <c10/util/Float8_e4m3fn.h>
+#include <c10/util/Float8_e5m2.h>
 #include <c10/util/Half.h>
 
 #include <cstdint>
@@ -28,6 +30,9 @@ float exp_sum(float* x, float shift, int n);
 // Widening conversions of fp16 / bf16 bit patterns.
 void bf16_to_f32(const uint16_t* src, float* dst, int n);
 void f16_to_f32(const uint16_t* src, float* dst, int n);
+// fp8 codes (cpu/fp8.h), exactly.
+void fp8_to_f32(const c10::Float8_e4m3fn* src, float* dst, int n);
+void fp8_to_f32(const c10::Float8_e5m2* src, float* dst, int n);
 
 // GEMMs of the many-rows tiles (tile_gemm.cpp), fp32, AVX-512: callable when
 // has_tile_gemm() (else the caller uses ATen's matmul).
@@ -50,7 +55,8 @@ void gemm_pv(const float* p, int64_t ldp, int m, const float* v, int64_t ldv, in
 //
 // Row r = h * group + g: s[r * lds + j] = scale * (q[r] . k_j), q [heads * group,
 // D] in fp32 and, q_native, the same rows in dtype E (read by the bf16 dot
-// product only: it may be null for fp16). pv_rows: acc[r] += sum_j p[r * ldp + j] * v_j, acc fp32.
+// product only: it may be null for fp16 and fp8). fp8 rows are widened exactly (their
+// scale is the caller's: folded into q and into the output). pv_rows: acc[r] += sum_j p[r * ldp + j] * v_j, acc fp32.
 //
 // `next` is the tile the caller reads next (same hs); the kernels prefetch it
 // in memory order as they consume this one.
@@ -71,6 +77,12 @@ void qk_rows(const float* q, const c10::BFloat16* q_native, int group, int heads
 void qk_rows(const float* q, const c10::Half* q_native, int group, int heads,
                const c10::Half* const* k, int64_t off, int64_t hs, int n, int D, float scale,
                float* s, int64_t lds, const RowTile<c10::Half>& next);
+void qk_rows(const float* q, const c10::Float8_e4m3fn* q_native, int group, int heads,
+               const c10::Float8_e4m3fn* const* k, int64_t off, int64_t hs, int n, int D,
+               float scale, float* s, int64_t lds, const RowTile<c10::Float8_e4m3fn>& next);
+void qk_rows(const float* q, const c10::Float8_e5m2* q_native, int group, int heads,
+               const c10::Float8_e5m2* const* k, int64_t off, int64_t hs, int n, int D,
+               float scale, float* s, int64_t lds, const RowTile<c10::Float8_e5m2>& next);
 void pv_rows(const float* p, int64_t ldp, int group, int heads, const float* const* v,
                int64_t off, int64_t hs, int n, int D, float* acc, const RowTile<float>& next);
 void pv_rows(const float* p, int64_t ldp, int group, int heads,
@@ -79,5 +91,11 @@ void pv_rows(const float* p, int64_t ldp, int group, int heads,
 void pv_rows(const float* p, int64_t ldp, int group, int heads, const c10::Half* const* v,
                int64_t off, int64_t hs, int n, int D, float* acc,
                const RowTile<c10::Half>& next);
+void pv_rows(const float* p, int64_t ldp, int group, int heads,
+               const c10::Float8_e4m3fn* const* v, int64_t off, int64_t hs, int n, int D,
+               float* acc, const RowTile<c10::Float8_e4m3fn>& next);
+void pv_rows(const float* p, int64_t ldp, int group, int heads,
+               const c10::Float8_e5m2* const* v, int64_t off, int64_t hs, int n, int D,
+               float* acc, const RowTile<c10::Float8_e5m2>& next);
 
 }  // namespace fastattn::cpu::vec

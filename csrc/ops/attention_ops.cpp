@@ -19,7 +19,7 @@ TensorPair attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Ten
   if (q.numel() == 0) return {out, lse};
   const AttnParams p = make_dense_params(q, k, v, kv_lens, out, lse, softmax_scale, causal,
                                          window_left, window_right, softcap);
-  cpu::attention_fwd(p, q.scalar_type());
+  cpu::attention_fwd(p, q.scalar_type(), q.scalar_type());
   return {out, lse};
 }
 
@@ -38,7 +38,7 @@ TensorPair attention_varlen_cpu(const at::Tensor& q, const at::Tensor& k, const 
   const AttnParams p =
       make_varlen_params(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, out,
                          lse, softmax_scale, causal, window_left, window_right, softcap);
-  cpu::attention_fwd(p, q.scalar_type());
+  cpu::attention_fwd(p, q.scalar_type(), q.scalar_type());
   return {out, lse};
 }
 
@@ -47,18 +47,27 @@ TensorPair paged_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache,
                                const at::Tensor& seq_lens,
                                const std::optional<at::Tensor>& cu_seqlens_q,
                                int64_t max_seqlen_q, double softmax_scale, bool causal,
-                               int64_t window_left, int64_t window_right, double softcap) {
+                               int64_t window_left, int64_t window_right, double softcap,
+                               const std::optional<at::Tensor>& k_scale,
+                               const std::optional<at::Tensor>& v_scale, double k_scale_value,
+                               double v_scale_value) {
   check_paged_inputs(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q);
+  const KVScale ks = kv_scale_param(k_scale, k_scale_value, k_cache, "k_scale");
+  const KVScale vs = kv_scale_param(v_scale, v_scale_value, v_cache, "v_scale");
+  check_kv_scale_host(k_scale, "k_scale");
+  check_kv_scale_host(v_scale, "v_scale");
   if (cu_seqlens_q.has_value())
     check_cu_seqlens_host(*cu_seqlens_q, q.size(0), max_seqlen_q, "cu_seqlens_q", "q.shape[0]",
                           "max_seqlen_q");
   check_paged_host(block_table, seq_lens, cu_seqlens_q, k_cache.size(0), k_cache.size(1));
   auto [out, lse] = alloc_out_lse(q);
   if (q.numel() == 0) return {out, lse};
-  const AttnParams p =
+  AttnParams p =
       make_paged_params(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q,
                         out, lse, softmax_scale, causal, window_left, window_right, softcap);
-  cpu::attention_fwd(p, q.scalar_type());
+  p.k_scale = ks;
+  p.v_scale = vs;
+  cpu::attention_fwd(p, q.scalar_type(), k_cache.scalar_type());
   return {out, lse};
 }
 

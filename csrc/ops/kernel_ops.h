@@ -190,6 +190,14 @@ at::Tensor aligned_16(const at::Tensor& t) {
   return rows_aligned_16(t) ? t : t.clone(at::MemoryFormat::Contiguous);
 }
 
+// fp8 caches run on the CPU kernels only so far; the CUDA kernels do not read them yet.
+void check_fp8_supported(const at::Tensor& cache) {
+  TORCH_CHECK_NOT_IMPLEMENTED(!is_fp8(cache.scalar_type()),
+                              "fastattn: fp8 KV caches (", cache.scalar_type(),
+                              ") are supported on CPU tensors only in this version; the CUDA "
+                              "kernels do not read them yet");
+}
+
 // The paged cache is never copied: it must be aligned.
 void check_cache_aligned(const at::Tensor& cache, const char* name) {
   TORCH_CHECK_VALUE(rows_aligned_16(cache), name,
@@ -241,8 +249,14 @@ TensorPair paged_attention_k(const at::Tensor& q_in, const at::Tensor& k_cache,
                              const at::Tensor& seq_lens,
                              const std::optional<at::Tensor>& cu_seqlens_q, int64_t max_seqlen_q,
                              double softmax_scale, bool causal, int64_t window_left,
-                             int64_t window_right, double softcap) {
+                             int64_t window_right, double softcap,
+                             const std::optional<at::Tensor>& k_scale,
+                             const std::optional<at::Tensor>& v_scale, double k_scale_value,
+                             double v_scale_value) {
   check_paged_inputs(q_in, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q);
+  const KVScale ks = kv_scale_param(k_scale, k_scale_value, k_cache, "k_scale");
+  const KVScale vs = kv_scale_param(v_scale, v_scale_value, v_cache, "v_scale");
+  check_fp8_supported(k_cache);
   Launch launch(q_in);
   // Decode reads unaligned rows with scalar loads; extend runs the tensor-core kernel.
   const at::Tensor q = cu_seqlens_q.has_value() ? aligned_16(q_in) : q_in;
@@ -259,6 +273,8 @@ TensorPair paged_attention_k(const at::Tensor& q_in, const at::Tensor& k_cache,
                                    max_seqlen_q, out, lse, softmax_scale, causal, window_left,
                                    window_right, softcap);
   check_grid(p, !cu_seqlens_q.has_value());
+  p.k_scale = ks;
+  p.v_scale = vs;
   p.error_flag = launch.error_flag_ptr();
   if (cu_seqlens_q.has_value()) {
     kernels::attention_fwd(p, kernel_dtype(q), launch.stream);
@@ -277,11 +293,19 @@ TensorPair paged_attention_k(const at::Tensor& q_in, const at::Tensor& k_cache,
 }
 
 void append_kv_k(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& k,
-                 const at::Tensor& v, const at::Tensor& slot_mapping) {
+                 const at::Tensor& v, const at::Tensor& slot_mapping,
+                 const std::optional<at::Tensor>& k_scale,
+                 const std::optional<at::Tensor>& v_scale, double k_scale_value,
+                 double v_scale_value) {
   check_append_inputs(k_cache, v_cache, k, v, slot_mapping);
+  const KVScale ks = kv_scale_param(k_scale, k_scale_value, k_cache, "k_scale");
+  const KVScale vs = kv_scale_param(v_scale, v_scale_value, v_cache, "v_scale");
+  check_fp8_supported(k_cache);
   Launch launch(k_cache);
   if (k.size(0) == 0) return;
   AppendKVParams p = make_append_params(k_cache, v_cache, k, v, slot_mapping);
+  p.k_scale = ks;
+  p.v_scale = vs;
   p.error_flag = launch.error_flag_ptr();
   kernels::append_kv(p, kernel_dtype(k_cache), launch.stream);
   launch.done();

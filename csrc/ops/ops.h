@@ -69,6 +69,16 @@ void check_append_inputs(const at::Tensor& k_cache, const at::Tensor& v_cache,
                          const at::Tensor& k, const at::Tensor& v,
                          const at::Tensor& slot_mapping);
 
+// fp8 KV caches (float8_e4m3fn, float8_e5m2).
+bool is_fp8(at::ScalarType t);
+// A scale argument (`name`: "k_scale" or "v_scale") of a paged op on `cache`: the tensor,
+// when given, is float32 of shape [] or [Hk] on the cache's device; the value a positive
+// finite float; both only with an fp8 cache. Returns the KVScale the kernels read.
+KVScale kv_scale_param(const std::optional<at::Tensor>& tensor, double value,
+                       const at::Tensor& cache, const char* name);
+// The tensor's values (host tensors): positive and finite.
+void check_kv_scale_host(const std::optional<at::Tensor>& tensor, const char* name);
+
 // Value checks for index tensors that live on the host.
 void check_kv_lens_host(const at::Tensor& kv_lens, int64_t seqlen_k);
 void check_cu_seqlens_host(const at::Tensor& cu_seqlens, int64_t total, int64_t max_seqlen,

@@ -40,6 +40,7 @@ void fill_common(AttnParams& p, const at::Tensor& q, const at::Tensor& k, const 
   p.num_pages = 0;
   p.total_q = int(q.size(0));
   p.total_k = int(k.size(0));
+  p.k_scale = p.v_scale = KVScale{nullptr, 0, 1.f};
   p.error_flag = nullptr;
 }
 
@@ -182,6 +183,21 @@ void check_operand(const at::Tensor& t, const at::Tensor& ref, int64_t dim, cons
                     t.strides());
 }
 
+// A paged cache: q's device and dtype, or an fp8 dtype (any q dtype).
+void check_cache(const at::Tensor& cache, const at::Tensor& ref, const char* name,
+                 const char* ref_name) {
+  TORCH_CHECK_VALUE(cache.dim() == 4, name, ": expected shape [P, page_size, Hk, D], got ",
+                    cache.sizes());
+  TORCH_CHECK_TYPE(cache.scalar_type() == ref.scalar_type() || is_fp8(cache.scalar_type()),
+                   name, ": expected dtype ", ref.scalar_type(), " (that of ", ref_name,
+                   ") or float8_e4m3fn / float8_e5m2, got ", cache.scalar_type());
+  TORCH_CHECK_VALUE(cache.device() == ref.device(), name, ": expected device ", ref.device(),
+                    " (that of ", ref_name, "), got ", cache.device());
+  TORCH_CHECK_VALUE(cache.size(-1) <= 1 || cache.stride(-1) == 1, name,
+                    ": the last dimension must be contiguous (stride 1), got strides ",
+                    cache.strides());
+}
+
 // k and v alike; head dim as q's; Hq a multiple of Hk >= 1.
 void check_kv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const char* k_name,
               const char* v_name) {
@@ -228,8 +244,13 @@ void check_paged_inputs(const at::Tensor& q, const at::Tensor& k_cache, const at
                         const at::Tensor& block_table, const at::Tensor& seq_lens,
                         const std::optional<at::Tensor>& cu_seqlens_q, int64_t max_seqlen_q) {
   check_operand(q, q, 3, "q", "[B, Hq, D] (decode) or [Tq, Hq, D] (with cu_seqlens_q)");
-  check_operand(k_cache, q, 4, "k_cache", "[P, page_size, Hk, D]");
-  check_operand(v_cache, q, 4, "v_cache", "[P, page_size, Hk, D]");
+  TORCH_CHECK_TYPE(!is_fp8(q.scalar_type()), "q: fp8 queries are not supported, got ",
+                   q.scalar_type(), "; fp8 is for the caches (k_cache, v_cache)");
+  check_cache(k_cache, q, "k_cache", "q");
+  check_cache(v_cache, q, "v_cache", "q");
+  TORCH_CHECK_TYPE(v_cache.scalar_type() == k_cache.scalar_type(),
+                   "v_cache: expected the dtype of k_cache ", k_cache.scalar_type(), ", got ",
+                   v_cache.scalar_type());
   check_kv(q, k_cache, v_cache, "k_cache", "v_cache");
   TORCH_CHECK_TYPE(block_table.scalar_type() == at::kInt, "block_table: expected dtype int32");
   TORCH_CHECK_VALUE(block_table.dim() == 2 && (block_table.numel() == 0 || block_table.stride(1) == 1),
@@ -251,10 +272,15 @@ void check_paged_inputs(const at::Tensor& q, const at::Tensor& k_cache, const at
 void check_append_inputs(const at::Tensor& k_cache, const at::Tensor& v_cache,
                          const at::Tensor& k, const at::Tensor& v,
                          const at::Tensor& slot_mapping) {
-  check_operand(k_cache, k_cache, 4, "k_cache", "[P, page_size, Hk, D]");
-  check_operand(v_cache, k_cache, 4, "v_cache", "[P, page_size, Hk, D]");
-  check_operand(k, k_cache, 3, "k", "[T, Hk, D]");
-  check_operand(v, k_cache, 3, "v", "[T, Hk, D]");
+  check_operand(k, k, 3, "k", "[T, Hk, D]");
+  check_operand(v, k, 3, "v", "[T, Hk, D]");
+  TORCH_CHECK_TYPE(!is_fp8(k.scalar_type()), "k: expected a float32/float16/bfloat16 tensor to "
+                   "write into the cache, got ", k.scalar_type());
+  check_cache(k_cache, k, "k_cache", "k");
+  check_cache(v_cache, k, "v_cache", "k");
+  TORCH_CHECK_TYPE(v_cache.scalar_type() == k_cache.scalar_type(),
+                   "v_cache: expected the dtype of k_cache ", k_cache.scalar_type(), ", got ",
+                   v_cache.scalar_type());
   TORCH_CHECK_VALUE(v_cache.sizes() == k_cache.sizes(), "v_cache: expected the shape of k_cache ",
                     k_cache.sizes(), ", got ", v_cache.sizes());
   TORCH_CHECK_VALUE(v.sizes() == k.sizes(), "v: expected the shape of k ", k.sizes(), ", got ",
@@ -263,6 +289,45 @@ void check_append_inputs(const at::Tensor& k_cache, const at::Tensor& v_cache,
                     "k: expected shape [T, Hk, D] = [T, ", k_cache.size(2), ", ", k_cache.size(3),
                     "] (Hk, D of k_cache), got ", k.sizes());
   check_index(slot_mapping, at::kLong, k.size(0), k_cache, "slot_mapping", "[T]");
+}
+
+bool is_fp8(at::ScalarType t) {
+  return t == at::kFloat8_e4m3fn || t == at::kFloat8_e5m2;
+}
+
+KVScale kv_scale_param(const std::optional<at::Tensor>& tensor, double value,
+                       const at::Tensor& cache, const char* name) {
+  const bool fp8 = is_fp8(cache.scalar_type());
+  TORCH_CHECK_VALUE(fp8 || (!tensor.has_value() && value == 1.0), name,
+                    ": scales apply to fp8 caches only; the cache has dtype ",
+                    cache.scalar_type());
+  TORCH_CHECK_VALUE(value > 0 && value <= std::numeric_limits<float>::max(), name,
+                    ": expected a positive finite float32 value, got ", value);
+  KVScale s{nullptr, 0, float(value)};
+  if (!tensor.has_value()) return s;
+  const at::Tensor& t = *tensor;
+  const int64_t hk = cache.size(2);
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, name, ": expected dtype float32, got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 0 || (t.dim() == 1 && t.size(0) == hk), name,
+                    ": expected shape [] (per tensor) or [Hk] = [", hk, "] (per KV head), got ",
+                    t.sizes());
+  TORCH_CHECK_VALUE(t.device() == cache.device(), name, ": expected device ", cache.device(),
+                    " (that of the cache), got ", t.device());
+  s.tensor = t.data_ptr<float>();
+  s.stride = t.dim() == 0 ? 0 : int(t.stride(0));
+  return s;
+}
+
+void check_kv_scale_host(const std::optional<at::Tensor>& tensor, const char* name) {
+  if (!tensor.has_value()) return;
+  const at::Tensor t = tensor->reshape({-1});
+  const float* v = t.data_ptr<float>();
+  for (int64_t i = 0; i < t.numel(); ++i)
+    TORCH_CHECK_VALUE(v[i] > 0 && v[i] <= std::numeric_limits<float>::max(), name,
+                      ": scales must be positive and finite, got ", name,
+                      t.numel() > 1 || tensor->dim() > 0 ? "[" + std::to_string(i) + "]" : "",
+                      " = ", v[i]);
 }
 
 void check_kv_lens_host(const at::Tensor& kv_lens, int64_t seqlen_k) {
@@ -348,6 +413,7 @@ AppendKVParams make_append_params(const at::Tensor& k_cache, const at::Tensor& v
   p.head_dim = int(k.size(2));
   p.page_size = int(k_cache.size(1));
   p.num_slots = k_cache.size(0) * k_cache.size(1);
+  p.k_scale = p.v_scale = KVScale{nullptr, 0, 1.f};
   p.error_flag = nullptr;
   return p;
 }

@@ -18,10 +18,14 @@ inline void define_ops(torch::Library& m) {
   m.def(
       "paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, "
       "Tensor seq_lens, Tensor? cu_seqlens_q, int max_seqlen_q, float softmax_scale, "
-      "bool causal, int window_left, int window_right, float softcap) -> (Tensor, Tensor)");
+      "bool causal, int window_left, int window_right, float softcap, "
+      "Tensor? k_scale=None, Tensor? v_scale=None, float k_scale_value=1., "
+      "float v_scale_value=1.) -> (Tensor, Tensor)");
+  // fp8 caches: a scale is k_scale_value times k_scale (a tensor [] or [Hk]) when given.
   m.def(
       "append_kv(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k, Tensor v, "
-      "Tensor slot_mapping) -> ()");
+      "Tensor slot_mapping, Tensor? k_scale=None, Tensor? v_scale=None, "
+      "float k_scale_value=1., float v_scale_value=1.) -> ()");
   m.def(
       "merge_attention_states(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b) "
       "-> (Tensor, Tensor)");

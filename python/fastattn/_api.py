@@ -119,12 +119,16 @@ def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return _result(out, lse, return_lse)
 
 
+Scale = Union[None, float, torch.Tensor]
+
+
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     block_table: torch.Tensor, seq_lens: torch.Tensor, *,
                     cu_seqlens_q: Optional[torch.Tensor] = None,
                     max_seqlen_q: Optional[int] = None, causal: bool = True,
                     softmax_scale: Optional[float] = None, window_size=(-1, -1),
-                    softcap: float = 0.0, return_lse: bool = False) -> Out:
+                    softcap: float = 0.0, return_lse: bool = False, k_scale: Scale = None,
+                    v_scale: Scale = None) -> Out:
     """Attention over a paged KV cache, read in place through the block table.
 
     Decode: q [B, Hq, D], one new token per sequence (its last position).
@@ -136,6 +140,10 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     with append_kv first); 0 marks a padding entry whose queries get output 0
     and lse -inf. Token t of sequence b lives in page
     block_table[b, t // page_size] at offset t % page_size.
+
+    fp8 caches: k_cache, v_cache of dtype float8_e4m3fn or float8_e5m2 (q keeps its dtype;
+    CPU only so far), read as float(code) * scale. k_scale, v_scale: None (1.0), a float, or
+    a float32 tensor of shape [] or [Hk] on the cache's device; scales are for fp8 caches only.
     """
     C.tensor("q", q, 3, "[B, Hq, D] (decode) or [Tq, Hq, D] (with cu_seqlens_q)")
     C.tensor("k_cache", k_cache, 4, "[P, page_size, Hk, D]")
@@ -143,8 +151,9 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     C.float_dtype("q", q)
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         C.same_device(name, t, q, "q")
-        C.same_dtype(name, t, q, "q")
+        C.cache_dtype(name, t, q, "q")
         C.last_dim_contiguous(name, t)
+    C.same_dtype("v_cache", v_cache, k_cache, "k_cache")
     C.last_dim_contiguous("q", q)
     C.head_dim("q", q)
     _, Hq, D = q.shape
@@ -176,24 +185,32 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         max_q = q.shape[0] if max_seqlen_q is None else C.non_negative_int("max_seqlen_q", max_seqlen_q)
         C.packed_lengths("cu_seqlens_q", B, "q", q.shape[0], "max_seqlen_q", max_q)
     scale, (wl, wr), cap = _check_options(causal, softmax_scale, window_size, softcap, return_lse, D)
+    ks, ks_value = C.kv_scale("k_scale", k_scale, k_cache)
+    vs, vs_value = C.kv_scale("v_scale", v_scale, v_cache)
     out, lse = _ops.paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q,
-                                    max_q, scale, causal, wl, wr, cap)
+                                    max_q, scale, causal, wl, wr, cap, ks, vs, ks_value, vs_value)
     return _result(out, lse, return_lse)
 
 
 def append_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              slot_mapping: torch.Tensor) -> None:
+              slot_mapping: torch.Tensor, *, k_scale: Scale = None, v_scale: Scale = None) -> None:
     """Write new keys/values into the paged cache, in place.
 
     k_cache, v_cache [P, page_size, Hk, D]; k, v [T, Hk, D]; slot_mapping int64
     [T] with slot = page * page_size + offset; tokens with slot < 0 are skipped
     (padding). Slots must be < P * page_size.
+
+    An fp8 cache (float8_e4m3fn, float8_e5m2; CPU only so far) stores
+    saturate(round_nearest_even(x / scale)): the division in float32, values beyond the
+    format's finite range (e4m3fn +-448, e5m2 +-57344; infinities too) saturate, NaN stays
+    NaN. k_scale, v_scale as for paged_attention.
     """
     C.tensor("k_cache", k_cache, 4, "[P, page_size, Hk, D]")
     C.tensor("v_cache", v_cache, 4, "[P, page_size, Hk, D]")
     C.tensor("k", k, 3, "[T, Hk, D]")
     C.tensor("v", v, 3, "[T, Hk, D]")
-    C.float_dtype("k_cache", k_cache)
+    fp8 = k_cache.dtype in C.FP8_DTYPES
+    C.float_dtype("k" if fp8 else "k_cache", k if fp8 else k_cache)
     C.head_dim("k_cache", k_cache)
     P, page_size, Hk, D = k_cache.shape
     C.shape("v_cache", v_cache, (P, page_size, Hk, D), "[P, page_size, Hk, D] (the shape of k_cache)")
@@ -202,12 +219,19 @@ def append_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: 
     C.shape("v", v, (T, Hk, D), "[T, Hk, D] (the shape of k)")
     for name, t in (("v_cache", v_cache), ("k", k), ("v", v)):
         C.same_device(name, t, k_cache, "k_cache")
-        C.same_dtype(name, t, k_cache, "k_cache")
+    C.same_dtype("v_cache", v_cache, k_cache, "k_cache")
+    # An fp8 cache takes k, v of any float dtype (quantized); other caches their own.
+    ref, ref_name = (k, "k") if fp8 else (k_cache, "k_cache")
+    if not fp8:
+        C.same_dtype("k", k, ref, ref_name)
+    C.same_dtype("v", v, ref, ref_name)
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache), ("k", k), ("v", v)):
         C.last_dim_contiguous(name, t)
     C.index_tensor("slot_mapping", slot_mapping, torch.int64, (T,), "[T] (T = k.shape[0])", k_cache,
                    "k_cache")
-    _ops.append_kv(k_cache, v_cache, k, v, slot_mapping)
+    ks, ks_value = C.kv_scale("k_scale", k_scale, k_cache)
+    vs, vs_value = C.kv_scale("v_scale", v_scale, v_cache)
+    _ops.append_kv(k_cache, v_cache, k, v, slot_mapping, ks, vs, ks_value, vs_value)
 
 
 def merge_attention_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor,

@@ -14,6 +14,7 @@ import torch
 
 CPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 CUDA_DTYPES = (torch.float16, torch.bfloat16)
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 CPU_MAX_HEAD_DIM = 512
 CUDA_MAX_HEAD_DIM = 256
 FLOAT32_MAX = 3.4028234663852886e38
@@ -66,6 +67,44 @@ def same_dtype(name: str, t: torch.Tensor, ref: torch.Tensor, ref_name: str) -> 
     if t.dtype != ref.dtype:
         raise TypeError(f"{name}: expected dtype {str(ref.dtype).replace('torch.', '')} (the dtype of {ref_name}), "
                         f"got {str(t.dtype).replace('torch.', '')}")
+
+
+def dtype_str(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def cache_dtype(name: str, cache: torch.Tensor, ref: torch.Tensor, ref_name: str) -> None:
+    """A paged cache holds ref's dtype, or fp8 (float8_e4m3fn, float8_e5m2) for any ref dtype."""
+    if cache.dtype != ref.dtype and cache.dtype not in FP8_DTYPES:
+        raise TypeError(f"{name}: expected dtype {dtype_str(ref.dtype)} (the dtype of {ref_name}) "
+                        f"or an fp8 dtype (float8_e4m3fn, float8_e5m2), got {dtype_str(cache.dtype)}")
+
+
+def kv_scale(name: str, scale, cache: torch.Tensor) -> tuple[Optional[torch.Tensor], float]:
+    """k_scale / v_scale of an fp8 cache [P, page_size, Hk, D]: None (1.0), a positive finite
+    float, or a float32 tensor of shape [] or [Hk] on the cache's device (its values are
+    checked by the op, without a host sync). Returns (tensor or None, float)."""
+    if scale is None:
+        return None, 1.0
+    if cache.dtype not in FP8_DTYPES:
+        raise ValueError(f"{name}: scales apply to fp8 caches (float8_e4m3fn, float8_e5m2); the "
+                         f"cache has dtype {dtype_str(cache.dtype)}, so pass None")
+    if isinstance(scale, torch.Tensor):
+        hk = cache.shape[2]
+        if scale.dtype != torch.float32:
+            raise TypeError(f"{name}: expected a float32 tensor of shape [] or [Hk] = [{hk}], got "
+                            f"dtype {dtype_str(scale.dtype)}")
+        if tuple(scale.shape) not in ((), (hk,)):
+            raise ValueError(f"{name}: expected shape [] (per tensor) or [Hk] = [{hk}] (per KV "
+                             f"head), got {shape_str(scale)}")
+        same_device(name, scale, cache, "the cache")
+        return scale, 1.0
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"{name}: expected None, a float or a float32 tensor, got "
+                        f"{type(scale).__name__}")
+    if not 0 < scale <= FLOAT32_MAX:
+        raise ValueError(f"{name}: expected a positive finite float32 value, got {scale}")
+    return None, float(scale)
 
 
 def last_dim_contiguous(name: str, t: torch.Tensor) -> None:

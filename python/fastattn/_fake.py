@@ -19,12 +19,14 @@ def _attention_varlen_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
 
 @torch.library.register_fake("fastattn::paged_attention")
 def _paged_attention_fake(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q,
-                          softmax_scale, causal, window_left, window_right, softcap):
+                          softmax_scale, causal, window_left, window_right, softcap,
+                          k_scale=None, v_scale=None, k_scale_value=1.0, v_scale_value=1.0):
     return _out_lse(q)
 
 
 @torch.library.register_fake("fastattn::append_kv")
-def _append_kv_fake(k_cache, v_cache, k, v, slot_mapping):
+def _append_kv_fake(k_cache, v_cache, k, v, slot_mapping, k_scale=None, v_scale=None,
+                    k_scale_value=1.0, v_scale_value=1.0):
     return None
 
 

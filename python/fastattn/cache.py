@@ -22,6 +22,10 @@ Typical serving step::
                                        cu_seqlens_q=batch.cu_seqlens_q,
                                        max_seqlen_q=batch.max_seqlen_q)
     cache.free(sid)                                   # when the sequence is finished
+
+An fp8 cache (`dtype=torch.float8_e4m3fn` or `torch.float8_e5m2`, with `k_scale` /
+`v_scale`) stores K/V in fp8 while q, k, v keep their own dtype: `cache.append` quantizes
+with the cache's scales, and `**cache.scales` hands them to `paged_attention`.
 """
 
 from __future__ import annotations
@@ -92,6 +96,11 @@ class PagedKVCache:
 
     `fill_value` initialises the storage (tests use NaN to prove that slots never written
     are never read). Pages returned to the free list keep their old contents.
+
+    `dtype` is the storage dtype. With an fp8 dtype (float8_e4m3fn, float8_e5m2) the
+    queries and the new keys/values keep their own dtype (the compute dtype), and
+    `k_scale` / `v_scale` (None for 1.0, a positive float, or a float32 tensor `[]` or
+    `[num_kv_heads]` on `device`) say how codes read: value = float(code) * scale.
     """
 
     def __init__(
@@ -106,6 +115,8 @@ class PagedKVCache:
         device="cpu",
         max_pages_per_seq: Optional[int] = None,
         fill_value: float = 0.0,
+        k_scale=None,
+        v_scale=None,
     ):
         self._num_pages = _check_positive_int("num_pages", num_pages)
         self._page_size = _check_positive_int("page_size", page_size)
@@ -121,6 +132,11 @@ class PagedKVCache:
         shape = (num_layers, num_pages, page_size, num_kv_heads, head_dim)
         self._k = torch.full(shape, fill_value, dtype=dtype, device=device)
         self._v = torch.full(shape, fill_value, dtype=dtype, device=device)
+        from ._checks import kv_scale  # the ops' own rule, with the same messages
+
+        kv_scale("k_scale", k_scale, self._k[0])
+        kv_scale("v_scale", v_scale, self._v[0])
+        self._scales = {"k_scale": k_scale, "v_scale": v_scale}
 
         # A stack: pop() hands out page 0, 1, 2, ... from a fresh cache.
         self._free: list[int] = list(range(num_pages - 1, -1, -1))
@@ -163,6 +179,12 @@ class PagedKVCache:
     def device(self) -> torch.device:
         return self._k.device
 
+    @property
+    def scales(self) -> dict:
+        """`{"k_scale": ..., "v_scale": ...}` as given (None unless fp8), for
+        `fastattn.paged_attention(..., **cache.scales)`."""
+        return dict(self._scales)
+
     def _check_layer(self, layer: int) -> int:
         if (isinstance(layer, bool) or not isinstance(layer, int)
                 or not 0 <= layer < self._num_layers):
@@ -184,7 +206,7 @@ class PagedKVCache:
         (int64 `[T]`, as returned by `extend` or `prepare_batch`); `fastattn.append_kv`."""
         from . import append_kv  # lazy: fastattn/__init__ imports this module
 
-        append_kv(self.k_cache(layer), self.v_cache(layer), k, v, slot_mapping)
+        append_kv(self.k_cache(layer), self.v_cache(layer), k, v, slot_mapping, **self._scales)
 
     # ------------------------------------------------------------------ pages
 

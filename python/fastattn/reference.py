@@ -26,7 +26,48 @@ __all__ = [
     "ref_paged_attention",
     "ref_append_kv",
     "ref_merge_attention_states",
+    "ref_fp8_quantize",
+    "ref_fp8_dequantize",
 ]
+
+# fp8 formats: (mantissa bits, smallest normal exponent, largest finite value).
+_FP8 = {torch.float8_e4m3fn: (3, -6, 448.0), torch.float8_e5m2: (2, -14, 57344.0)}
+
+
+def _scale_of(scale, num_kv_heads: int):
+    """A k_scale / v_scale argument as float64 broadcastable over [..., Hk, D]."""
+    if scale is None:
+        return torch.ones((), dtype=torch.float64)
+    if isinstance(scale, torch.Tensor):
+        s = scale.detach().to("cpu", torch.float64)
+        return s.reshape(num_kv_heads, 1) if s.dim() == 1 else s
+    return torch.tensor(float(scale), dtype=torch.float64)
+
+
+def ref_fp8_quantize(x, scale, fp8_dtype):
+    """The codes ``append_kv`` stores in an fp8 cache: saturate(round_nearest_even(x / scale)).
+
+    x [..., Hk, D]; scale as for ``append_kv`` (None, float, or float32 [] or [Hk]). The
+    division is in float32, as the kernels do it; the rounding is exact (float64 on the
+    format's grid), ties to even; values beyond the finite range (infinities included)
+    saturate to +-max, NaN stays NaN. Returns a CPU tensor of ``fp8_dtype``.
+    """
+    mant_bits, min_exp, max_value = _FP8[fp8_dtype]
+    scale32 = _scale_of(scale, x.shape[-2]).to(torch.float32)
+    y = (x.detach().to("cpu", torch.float32) / scale32).to(torch.float64)
+    _, exp = torch.frexp(y)  # |y| = m * 2^exp, m in [0.5, 1)
+    quantum = torch.exp2((torch.clamp(exp - 1, min=min_exp) - mant_bits).to(torch.float64))
+    q = torch.round(y.abs() / quantum) * quantum  # torch.round: half to even; exact here
+    q = torch.where(torch.isnan(y), y, torch.copysign(torch.clamp(q, max=max_value), y))
+    q = torch.where(torch.isinf(y), torch.copysign(torch.full_like(y, max_value), y), q)
+    return q.to(fp8_dtype)  # every value is representable: the cast is exact
+
+
+def ref_fp8_dequantize(cache, scale, dtype=None):
+    """Values of an fp8 cache [..., Hk, D]: float(code) * scale, in ``dtype`` (float64)."""
+    dtype = dtype or torch.float64
+    value = cache.detach().to("cpu", torch.float64) * _scale_of(scale, cache.shape[-2])
+    return value.to(device=cache.device, dtype=dtype)
 
 
 def visibility_mask(q_len, k_len, causal=False, window_size=(-1, -1), device=None):
@@ -141,7 +182,8 @@ def _gather_pages(cache, block_table_row, seq_len):
 
 def ref_paged_attention(q, k_cache, v_cache, block_table, seq_lens, *, cu_seqlens_q=None,
                         max_seqlen_q=None, causal=True, softmax_scale=None,
-                        window_size=(-1, -1), softcap=0.0, dtype=None):
+                        window_size=(-1, -1), softcap=0.0, dtype=None, k_scale=None,
+                        v_scale=None):
     """Reference for ``fastattn.paged_attention``.
 
     Decode (``cu_seqlens_q is None``): q [B, Hq, D], one query per sequence, at its last key
@@ -149,8 +191,13 @@ def ref_paged_attention(q, k_cache, v_cache, block_table, seq_lens, *, cu_seqlen
     ``cu_seqlens_q[b+1] - cu_seqlens_q[b]`` positions among its ``seq_lens[b]`` keys.
     k_cache, v_cache [P, page_size, Hk, D]; block_table [B, max_pages]; seq_lens [B].
     Returns out shaped like q and lse [B, Hq] or [Tq, Hq].
+    fp8 caches are dequantized first (``ref_fp8_dequantize``, exact in float64, then in
+    ``dtype``).
     """
     dtype = dtype or torch.float64
+    if k_cache.dtype in _FP8:
+        k_cache = ref_fp8_dequantize(k_cache, k_scale, dtype)
+        v_cache = ref_fp8_dequantize(v_cache, v_scale, dtype)
     batch = block_table.shape[0]
     if cu_seqlens_q is None:
         cu_q = list(range(batch + 1))  # decode: one query per sequence
@@ -170,16 +217,20 @@ def ref_paged_attention(q, k_cache, v_cache, block_table, seq_lens, *, cu_seqlen
     return out, lse
 
 
-def ref_append_kv(k_cache, v_cache, k, v, slot_mapping, dtype=None):
+def ref_append_kv(k_cache, v_cache, k, v, slot_mapping, dtype=None, k_scale=None,
+                  v_scale=None):
     """Reference for ``fastattn.append_kv``, out of place.
 
     Returns new ``(k_cache, v_cache)`` where token t of k, v [T, Hk, D] is written at
     ``slot_mapping[t] = page * page_size + offset``; negative slots are skipped. The caches
-    keep their dtype unless ``dtype`` is given.
+    keep their dtype unless ``dtype`` is given. fp8 caches store ``ref_fp8_quantize``'s codes.
     """
     dtype = dtype or k_cache.dtype
     k_cache = k_cache.to(dtype, copy=True)
     v_cache = v_cache.to(dtype, copy=True)
+    if dtype in _FP8:
+        k = ref_fp8_quantize(k, k_scale, dtype).to(k_cache.device)
+        v = ref_fp8_quantize(v, v_scale, dtype).to(v_cache.device)
     page_size = k_cache.shape[1]
     for t, slot in enumerate(int(s) for s in slot_mapping):
         if slot < 0:

@@ -8,6 +8,11 @@
 
 namespace fastattn {
 
+// The scale of KV head hk of an fp8 cache (1 for other caches).
+FA_HD float kv_scale(const KVScale& s, int hk) {
+  return s.tensor ? s.value * s.tensor[int64_t(hk) * s.stride] : s.value;
+}
+
 // Per-sequence extents of one batch row.
 struct SeqBounds {
   int64_t q_start;  // first packed query row (0 for dense rows)

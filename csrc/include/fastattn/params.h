@@ -19,6 +19,16 @@ enum ErrorBits : int32_t {
   kErrSlotMapping = 1 << 4,  // slot_mapping entry >= num_pages * page_size
 };
 
+// Scales of an fp8 KV cache: a stored code reads as float(code) * scale, with
+// scale = value * (tensor ? tensor[hk * stride] : 1): a per-tensor scale has stride 0,
+// a per-head scale [Hk] stride 1 (kv_scale in mask.h). Without an fp8 cache the scale is 1.
+struct KVScale {
+  const float* tensor;  // fp32 [] or [Hk] on the cache's device, or null
+  int stride;           // 0 ([]) or 1 ([Hk])
+  float value;          // the Python float (1 when a tensor is given)
+};
+
+
 // Dense, varlen and paged attention share one struct: which sequence bounds and
 // which key addressing apply are runtime predicates (null pointers), so the
 // compile-time axes stay dtype, head dim and causal (DESIGN.md §3).
@@ -59,6 +69,7 @@ struct AttnParams {
   int total_k;                  // varlen: Tk
 
   float softmax_scale;
+  KVScale k_scale, v_scale;     // fp8 caches (paged only); see KVScale
   float softcap;                // 0: off
   bool causal;
   int window_left;              // -1: unbounded
@@ -82,6 +93,8 @@ struct AppendKVParams {
   int head_dim;
   int page_size;
   int64_t num_slots;            // num_pages * page_size
+  // fp8 caches: stored = saturate(round_nearest_even(x / scale)), x / scale in fp32.
+  KVScale k_scale, v_scale;
   int32_t* error_flag;          // CUDA kernels: ErrorBits sink; null on the CPU
 };
 

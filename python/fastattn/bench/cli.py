@@ -13,7 +13,7 @@ from . import machine, peers, timing
 from .measure import run_case
 from .plot import plot, require_matplotlib
 from .report import Table, group_skips, write_json
-from .suites import SUITES, Case, resolve_shape
+from .suites import KV_DTYPES, KV_SUITES, SUITES, Case, resolve_shape
 
 
 def _dtype_names() -> str:
@@ -38,6 +38,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--dtype", nargs="+", metavar="DTYPE",
                    help=f"one or more of {_dtype_names()}; default bfloat16 on cuda, float32 "
                         "on cpu. Suite names may follow: --dtype float32 prefill")
+    p.add_argument("--kv-dtype", action="append", choices=list(KV_DTYPES),
+                   help="cache dtype of the paged suites (decode, extend, append); repeat it "
+                        "for a row per cache dtype. 'same' (default) is q's dtype; an fp8 "
+                        "case also times fastattn over the same values in a cache of q's "
+                        "dtype, so its 'fastattn x' is the fp8 cache's speed-up. CPU only")
     shape = p.add_argument_group("shapes")
     shape.add_argument("--batch", type=int, help="batch size; number of sequences for varlen")
     shape.add_argument("--heads", type=int, help="query heads")
@@ -111,8 +116,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         repeats=max(1, repeats if args.repeats is None else args.repeats),
         min_time_s=min_time if args.min_time is None else args.min_time)
     suites = list(dict.fromkeys(args.suites)) or list(SUITES)
-    cases = [Case(suite, dtype, resolve_shape(suite, profile, vars(args)))
-             for suite in suites for dtype in dtypes]
+    kv_dtypes = [KV_DTYPES[name] for name in dict.fromkeys(args.kv_dtype or ["same"])]
+    cases = [Case(suite, dtype, resolve_shape(suite, profile, vars(args)), kv_dtype)
+             for suite in suites for dtype in dtypes
+             for kv_dtype in (kv_dtypes if suite in KV_SUITES else [None])]
     families, family_notes = peers.select(device, quick=args.quick, no_compile=args.no_compile)
 
     started = time.perf_counter()

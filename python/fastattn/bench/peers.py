@@ -45,6 +45,8 @@ class Impl:
     output: Optional[Callable[[], Any]] = None
     gather: Optional[Callable[[], Any]] = None
     note: str = ""
+    work: Optional[float] = None    # FLOPs or bytes of one call, when not the case's (a
+                                    # baseline reading a cache of another dtype)
 
     def outputs(self) -> Any:
         return self.output() if self.output is not None else self.run()
@@ -99,6 +101,7 @@ class Family:
 
 
 FAMILIES = {
+    "fastattn": Family(),           # fastattn itself on another cache dtype (fp8 cases)
     "torch": Family(),              # SDPA backends, index_copy_
     # FlexAttention on CPU is not a kernel servers use.
     "flex": Family(module="torch.nn.attention.flex_attention", cuda_only=True, compiled=True),

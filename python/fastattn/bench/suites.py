@@ -62,16 +62,32 @@ DEFAULT_SHAPES = {
 }
 
 
+# The paged suites' cache dtypes (--kv-dtype): "same" is q's dtype.
+KV_DTYPES = {"same": None, "fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+KV_SUITES = ("decode", "extend", "append")
+# The scale of fp8 cases: a power of two, so that the baseline cache in q's dtype holds the
+# fp8 values times the scale exactly.
+FP8_SCALE = 0.5
+
+
 @dataclass
 class Case:
-    """One benchmark case: a suite at one shape and dtype."""
+    """One benchmark case: a suite at one shape and dtype (and, for the paged suites, a
+    cache dtype: None for q's own)."""
     suite: str
     dtype: torch.dtype
     shape: Dict[str, int]
+    kv_dtype: Optional[torch.dtype] = None
 
     @property
     def dtype_name(self) -> str:
-        return dtype_name(self.dtype)
+        if self.kv_dtype is None:
+            return dtype_name(self.dtype)
+        return f"{dtype_name(self.dtype)}/{dtype_name(self.kv_dtype).replace('float8_', '')}"
+
+    @property
+    def cache_dtype(self) -> torch.dtype:
+        return self.kv_dtype or self.dtype
 
     def label(self) -> str:
         """A compact shape description for the table."""
@@ -230,7 +246,30 @@ def _paged_cache(seq_lens: Sequence[int], page_size: int, Hk: int, D: int, case:
         start += n
     k_cache = _randn((num_pages, page_size, Hk, D), case, device)
     v_cache = _randn((num_pages, page_size, Hk, D), case, device)
+    if case.kv_dtype is not None:  # codes of the same random values
+        k_cache = (k_cache.float() / FP8_SCALE).to(case.kv_dtype)
+        v_cache = (v_cache.float() / FP8_SCALE).to(case.kv_dtype)
     return k_cache, v_cache, table.to(device)
+
+
+def _same_dtype_baseline(case: Case, q, k_cache, v_cache, call, nbytes_of):
+    """For an fp8 case: fastattn over the same cache dequantized into q's dtype, so that the
+    "fastattn x" column reads as the fp8 cache's speed-up. call(k_cache, v_cache, **scales)
+    runs the op; nbytes_of(element size of the cache) is one call's bytes."""
+    if case.kv_dtype is None:
+        return []
+    k_wide = (k_cache.float() * FP8_SCALE).to(case.dtype)
+    v_wide = (v_cache.float() * FP8_SCALE).to(case.dtype)
+
+    @peers._family("fastattn")
+    def factory():
+        return [Impl(f"fastattn, {dtype_name(case.dtype)} cache",
+                     run=lambda: call(k_wide, v_wide), work=nbytes_of(k_wide.element_size()))]
+    return [factory]
+
+
+def _scales(case: Case) -> Dict[str, Any]:
+    return {} if case.kv_dtype is None else dict(k_scale=FP8_SCALE, v_scale=FP8_SCALE)
 
 
 def _paged_peers(q, k_cache, v_cache, table,
@@ -246,13 +285,23 @@ def build_decode(case: Case, device) -> Workload:
     k_cache, v_cache, table = _paged_cache(info.seq_lens, page, Hk, D, case, device)
     seq_lens = torch.tensor(info.seq_lens, dtype=torch.int32, device=device)
     q = _randn((B, Hq, D), case, device)
-    fa = Impl("fastattn", run=lambda: fastattn.paged_attention(q, k_cache, v_cache, table,
-                                                               seq_lens))
+
+    def call(k_cache, v_cache, **scales):
+        return fastattn.paged_attention(q, k_cache, v_cache, table, seq_lens, **scales)
+
+    fa = Impl("fastattn", run=lambda: call(k_cache, v_cache, **_scales(case)))
+
     # Bytes that must move: q read, the K and V of every used token read once, out written.
     # (Block table and seq_lens are a few KB; we leave them out.)
-    elem = q.element_size()
-    nbytes = elem * (2 * B * Hq * D + 2 * sum(info.seq_lens) * Hk * D)
-    return Workload(fa, _paged_peers(q, k_cache, v_cache, table, info), nbytes, "byte")
+    def nbytes_of(cache_elem):
+        return (q.element_size() * 2 * B * Hq * D
+                + cache_elem * 2 * sum(info.seq_lens) * Hk * D)
+
+    if case.kv_dtype is not None:  # peers take caches in q's dtype only
+        return Workload(fa, _same_dtype_baseline(case, q, k_cache, v_cache, call, nbytes_of),
+                        nbytes_of(k_cache.element_size()), "byte")
+    return Workload(fa, _paged_peers(q, k_cache, v_cache, table, info),
+                    nbytes_of(k_cache.element_size()), "byte")
 
 
 def build_extend(case: Case, device) -> Workload:
@@ -267,10 +316,17 @@ def build_extend(case: Case, device) -> Workload:
     seq_lens = torch.tensor(info.seq_lens, dtype=torch.int32, device=device)
     cu_q = peers.cumsum(q_lens, device)
     q = _randn((sum(q_lens), Hq, D), case, device)
-    fa = Impl("fastattn", run=lambda: fastattn.paged_attention(
-        q, k_cache, v_cache, table, seq_lens, cu_seqlens_q=cu_q, max_seqlen_q=max(q_lens)))
+
+    def call(k_cache, v_cache, **scales):
+        return fastattn.paged_attention(q, k_cache, v_cache, table, seq_lens, cu_seqlens_q=cu_q,
+                                        max_seqlen_q=max(q_lens), **scales)
+
+    fa = Impl("fastattn", run=lambda: call(k_cache, v_cache, **_scales(case)))
     flops = sum(attention_flops(visible_pairs(nq, nk, causal=True), Hq, D)
                 for nq, nk in zip(info.q_lens, info.seq_lens))
+    if case.kv_dtype is not None:
+        return Workload(fa, _same_dtype_baseline(case, q, k_cache, v_cache, call,
+                                                 lambda elem: flops), flops, "flop")
     return Workload(fa, _paged_peers(q, k_cache, v_cache, table, info), flops, "flop")
 
 
@@ -286,23 +342,44 @@ def build_append(case: Case, device) -> Workload:
     slot_mapping = (chosen[offsets // page] * page + offsets % page).to(device)  # int64 [T]
     k, v = _randn((T, Hk, D), case, device), _randn((T, Hk, D), case, device)
 
-    def empty_cache():
-        return torch.zeros(num_pages, page, Hk, D, dtype=case.dtype, device=device)
+    def empty_cache(dtype=case.cache_dtype):
+        return torch.zeros(num_pages, page, Hk, D, dtype=dtype, device=device)
 
     # Separate caches per implementation, so the output check compares two independent writes.
     fa_k, fa_v = empty_cache(), empty_cache()
 
     def fa_run():
-        fastattn.append_kv(fa_k, fa_v, k, v, slot_mapping)
+        fastattn.append_kv(fa_k, fa_v, k, v, slot_mapping, **_scales(case))
 
     def fa_output():
         fa_run()
-        return fa_k, fa_v
+        if case.kv_dtype is None:
+            return fa_k, fa_v
+        return fa_k.float() * FP8_SCALE, fa_v.float() * FP8_SCALE
 
+    # k and v are each read once and written once (in the cache's dtype).
+    def nbytes_of(cache_elem):
+        return 2 * T * Hk * D * (k.element_size() + cache_elem)
+
+    nbytes = nbytes_of(torch.empty(0, dtype=case.cache_dtype).element_size())
+    if case.kv_dtype is not None:
+        baseline_k, baseline_v = empty_cache(case.dtype), empty_cache(case.dtype)
+
+        @peers._family("fastattn")
+        def baseline():
+            def run():
+                fastattn.append_kv(baseline_k, baseline_v, k, v, slot_mapping)
+
+            def output():  # quantized afterwards by torch's cast: the same codes in range
+                run()
+                return tuple((c.float() / FP8_SCALE).to(case.kv_dtype).float() * FP8_SCALE
+                             for c in (baseline_k, baseline_v))
+            return [Impl(f"fastattn, {dtype_name(case.dtype)} cache", run=run, output=output,
+                         work=nbytes_of(k.element_size()))]
+        return Workload(Impl("fastattn", run=fa_run, output=fa_output), [baseline], nbytes,
+                        "byte")
     index_copy = partial(peers.index_copy_append, empty_cache(), empty_cache(), k, v,
                          slot_mapping)
-    # k and v are each read once and written once.
-    nbytes = 2 * 2 * T * Hk * D * k.element_size()
     return Workload(Impl("fastattn", run=fa_run, output=fa_output), [index_copy], nbytes, "byte")
 
 
