@@ -197,12 +197,12 @@ def test_quick_leaves_out_compiled_peers(monkeypatch):
 def test_build_sets_up_only_selected_families():
     called = []
 
-    @peers._family("flex")
+    @peers.family("flex")
     def compiled_peer():
         called.append("flex")
         return [peers.Impl("flex", run=lambda: None)]
 
-    @peers._family("torch")
+    @peers.family("torch")
     def failing_peer():
         raise RuntimeError("plan rejected. more detail")
 

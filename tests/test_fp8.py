@@ -326,3 +326,17 @@ def test_dequantize_reference():
     want = x.double() * scale.double().reshape(2, 1)
     assert torch.equal(torch.isnan(got), torch.isnan(want))
     assert torch.equal(got.nan_to_num(), want.nan_to_num())
+
+
+def test_strided_per_head_scales():
+    """A per-head scale may be a strided view: the kernels and the value check read it by
+    its stride (a check reading it as contiguous would see the wrong values)."""
+    q, paged = small_fp8()
+    strided = torch.tensor([0.5, 9.0, 2.0, 9.0])[::2]
+    assert strided.stride() == (2,)
+    out = fastattn.paged_attention(q, *paged, k_scale=strided, v_scale=strided)
+    torch.testing.assert_close(out, fastattn.paged_attention(
+        q, *paged, k_scale=torch.tensor([0.5, 2.0]), v_scale=torch.tensor([0.5, 2.0])))
+    with pytest.raises(ValueError, match=r"k_scale: scales must be positive and finite, got "
+                                         r"k_scale\[1\] = 0"):
+        fastattn.paged_attention(q, *paged, k_scale=torch.tensor([1.0, 1.0, 0.0, 1.0])[::2])

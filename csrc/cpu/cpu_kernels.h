@@ -18,11 +18,22 @@ void attention_fwd(const AttnParams& p, c10::ScalarType dtype, c10::ScalarType k
 void append_kv(const AppendKVParams& p, c10::ScalarType dtype, c10::ScalarType cache_dtype);
 void merge_attention_states(const MergeParams& p, c10::ScalarType dtype);
 
+// fn(T{}) for the CPU dtypes (float32, float16, bfloat16); anything else is a TypeError.
+template <typename Fn>
+void dispatch_float(c10::ScalarType dtype, Fn&& fn) {
+  switch (dtype) {
+    case c10::ScalarType::Float: return fn(float());
+    case c10::ScalarType::Half: return fn(c10::Half());
+    case c10::ScalarType::BFloat16: return fn(c10::BFloat16());
+    default: TORCH_CHECK_TYPE(false, "fastattn (CPU): unsupported dtype ", dtype);
+  }
+}
+
 // fn(T{}, KV{}) for the dtype pairs of the paged ops: KV = T (q's dtype), or an fp8 cache
 // type for any T; anything else is a TypeError.
 template <typename Fn>
 void dispatch_q_kv(c10::ScalarType dtype, c10::ScalarType kv_dtype, Fn&& fn) {
-  auto with_q = [&](auto t) {
+  dispatch_float(dtype, [&](auto t) {
     using T = decltype(t);
     switch (kv_dtype) {
       case c10::ScalarType::Float8_e4m3fn: return fn(t, c10::Float8_e4m3fn());
@@ -32,22 +43,7 @@ void dispatch_q_kv(c10::ScalarType dtype, c10::ScalarType kv_dtype, Fn&& fn) {
                          kv_dtype, " keys/values with ", dtype, " queries");
         return fn(t, t);
     }
-  };
-  switch (dtype) {
-    case c10::ScalarType::Float: return with_q(float());
-    case c10::ScalarType::Half: return with_q(c10::Half());
-    case c10::ScalarType::BFloat16: return with_q(c10::BFloat16());
-    default: TORCH_CHECK_TYPE(false, "fastattn (CPU): unsupported dtype ", dtype);
-  }
+  });
 }
 
 }  // namespace fastattn::cpu
-
-// Instantiates fn<T>(params) for the CPU dtypes; anything else is a TypeError.
-#define FASTATTN_CPU_DISPATCH(dtype, fn, params)                                   \
-  switch (dtype) {                                                                 \
-    case c10::ScalarType::Float: return fn<float>(params);                         \
-    case c10::ScalarType::Half: return fn<c10::Half>(params);                      \
-    case c10::ScalarType::BFloat16: return fn<c10::BFloat16>(params);              \
-    default: TORCH_CHECK_TYPE(false, "fastattn (CPU): unsupported dtype ", dtype); \
-  }

@@ -77,7 +77,7 @@ void append_kv(const AppendKVParams& p, c10::ScalarType dtype, c10::ScalarType c
 }
 
 void merge_attention_states(const MergeParams& p, c10::ScalarType dtype) {
-  FASTATTN_CPU_DISPATCH(dtype, merge_impl, p)
+  dispatch_float(dtype, [&](auto t) { merge_impl<decltype(t)>(p); });
 }
 
 }  // namespace fastattn::cpu

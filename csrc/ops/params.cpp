@@ -321,7 +321,8 @@ KVScale kv_scale_param(const std::optional<at::Tensor>& tensor, double value,
 
 void check_kv_scale_host(const std::optional<at::Tensor>& tensor, const char* name) {
   if (!tensor.has_value()) return;
-  const at::Tensor t = tensor->reshape({-1});
+  // Contiguous: a per-head scale may be a strided view (the kernels read it by stride).
+  const at::Tensor t = tensor->reshape({-1}).contiguous();
   const float* v = t.data_ptr<float>();
   for (int64_t i = 0; i < t.numel(); ++i)
     TORCH_CHECK_VALUE(v[i] > 0 && v[i] <= std::numeric_limits<float>::max(), name,

@@ -1,6 +1,7 @@
 #pragma once
 // Which keys a query sees, and where a key lives in memory. Shared by every
-// kernel and by the CPU implementation, so CI exercises this math on each change.
+// kernel and by the CPU implementation, so CI exercises this math on each change. Also
+// the scale an fp8 cache's codes read with.
 #include <cstdint>
 
 #include "fastattn/macros.h"

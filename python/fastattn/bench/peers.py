@@ -132,7 +132,7 @@ def select(device: str, quick: bool, no_compile: bool = False) -> Tuple[List[str
     return chosen, notes
 
 
-def _family(name: str):
+def family(name: str):
     def tag(factory):
         factory.family = name
         return factory
@@ -199,7 +199,7 @@ def _sdpa_impls(prefix: str, num_heads: int, num_kv_heads: int,
     return impls
 
 
-@_family("torch")
+@family("torch")
 def sdpa_dense(q, k, v, causal: bool) -> List[Impl]:
     """SDPA on q [B, Sq, Hq, D], k, v [B, Sk, Hk, D]. Causal only for Sq == Sk, where SDPA's
     top-left is_causal equals fastattn's bottom-right alignment."""
@@ -212,7 +212,7 @@ def sdpa_dense(q, k, v, causal: bool) -> List[Impl]:
     return _sdpa_impls("", q.shape[2], k.shape[2], call)
 
 
-@_family("torch")
+@family("torch")
 def sdpa_varlen_loop(q, k, v, lengths: Sequence[int], causal: bool) -> List[Impl]:
     """One SDPA call per sequence of packed q, k, v [T, H, D] (self-attention, Sq == Sk).
 
@@ -244,7 +244,7 @@ class PagedBatchInfo:
     page_size: int
 
 
-@_family("torch")
+@family("torch")
 def gather_sdpa(q, k_cache, v_cache, block_table, info: PagedBatchInfo) -> List[Impl]:
     """The realistic peer for paged attention: copy each sequence's pages into a dense
     [B, S, Hk, D] tensor with the block table, then batched SDPA with a mask for the valid
@@ -293,7 +293,7 @@ def gather_sdpa(q, k_cache, v_cache, block_table, info: PagedBatchInfo) -> List[
 
 # ---------------------------------------------------------------------------- append
 
-@_family("torch")
+@family("torch")
 def index_copy_append(k_cache, v_cache, k, v, slot_mapping) -> List[Impl]:
     """What PyTorch code does without a fused kernel: index_copy_ into the flattened cache.
     (It has no notion of slot < 0 = skip; the benchmark uses no padding slots.)"""
@@ -324,7 +324,7 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-@_family("flex")
+@family("flex")
 def flex_dense(q, k, v, causal: bool) -> List[Impl]:
     """Compiled FlexAttention."""
     from torch.nn.attention.flex_attention import create_block_mask
@@ -346,7 +346,7 @@ def flex_dense(q, k, v, causal: bool) -> List[Impl]:
     return [Impl("flex", run=run)]
 
 
-@_family("flex")
+@family("flex")
 def flex_varlen(q, k, v, lengths: Sequence[int], causal: bool) -> List[Impl]:
     """FlexAttention over the packed batch as one sequence with a document mask, the way
     FlexAttention users run varlen."""
@@ -372,13 +372,13 @@ def flex_varlen(q, k, v, lengths: Sequence[int], causal: bool) -> List[Impl]:
 
 # ---------------------------------------------------------------------------- flash_attn
 
-@_family("flash_attn")
+@family("flash_attn")
 def flash_attn_dense(q, k, v, causal: bool) -> List[Impl]:
     fa = _import("flash_attn")
     return [Impl("flash_attn", run=lambda: fa.flash_attn_func(q, k, v, causal=causal))]
 
 
-@_family("flash_attn")
+@family("flash_attn")
 def flash_attn_varlen(q, k, v, lengths: Sequence[int], causal: bool) -> List[Impl]:
     fa = _import("flash_attn")
     cu = cumsum(lengths, q.device)
@@ -387,7 +387,7 @@ def flash_attn_varlen(q, k, v, lengths: Sequence[int], causal: bool) -> List[Imp
                  run=lambda: fa.flash_attn_varlen_func(q, k, v, cu, cu, n, n, causal=causal))]
 
 
-@_family("flash_attn")
+@family("flash_attn")
 def flash_attn_paged(q, k_cache, v_cache, block_table, info: PagedBatchInfo) -> List[Impl]:
     """flash_attn_with_kvcache for decode, flash_attn_varlen_func with block_table for
     extend. (FlashAttention-2 wants page_size % 256 == 0; other sizes raise and are skipped.)"""
@@ -414,7 +414,7 @@ def _flashinfer_workspace(device):
     return torch.empty(_FLASHINFER_WORKSPACE_BYTES, dtype=torch.uint8, device=device)
 
 
-@_family("flashinfer")
+@family("flashinfer")
 def flashinfer_ragged(q, k, v, q_lens: Sequence[int], k_lens: Sequence[int],
                       causal: bool) -> List[Impl]:
     """flashinfer's ragged prefill on packed q [Tq, Hq, D], k, v [Tk, Hk, D] (dense batches
@@ -426,7 +426,7 @@ def flashinfer_ragged(q, k, v, q_lens: Sequence[int], k_lens: Sequence[int],
     return [Impl("flashinfer_ragged", run=lambda: wrapper.run(q, k, v))]
 
 
-@_family("flashinfer")
+@family("flashinfer")
 def flashinfer_paged(q, k_cache, v_cache, block_table, info: PagedBatchInfo) -> List[Impl]:
     """BatchDecodeWithPagedKVCacheWrapper (decode) or BatchPrefillWithPagedKVCacheWrapper
     (extend), planned once outside the timed call as a server does per step."""

@@ -252,20 +252,20 @@ def _paged_cache(seq_lens: Sequence[int], page_size: int, Hk: int, D: int, case:
     return k_cache, v_cache, table.to(device)
 
 
-def _same_dtype_baseline(case: Case, q, k_cache, v_cache, call, nbytes_of):
-    """For an fp8 case: fastattn over the same cache dequantized into q's dtype, so that the
-    "fastattn x" column reads as the fp8 cache's speed-up. call(k_cache, v_cache, **scales)
-    runs the op; nbytes_of(element size of the cache) is one call's bytes."""
-    if case.kv_dtype is None:
-        return []
-    k_wide = (k_cache.float() * FP8_SCALE).to(case.dtype)
-    v_wide = (v_cache.float() * FP8_SCALE).to(case.dtype)
-
-    @peers._family("fastattn")
+def _baseline(case: Case, run, work: float, output=None) -> List[Callable[[], List[Impl]]]:
+    """For an fp8 case: fastattn on a cache of q's dtype holding the same values, the "peer"
+    that makes the "fastattn x" column read as the fp8 cache's speed-up. work: one call's
+    FLOPs or bytes (its cache moves more bytes)."""
+    @peers.family("fastattn")
     def factory():
-        return [Impl(f"fastattn, {dtype_name(case.dtype)} cache",
-                     run=lambda: call(k_wide, v_wide), work=nbytes_of(k_wide.element_size()))]
+        return [Impl(f"fastattn, {dtype_name(case.dtype)} cache", run=run, output=output,
+                     work=work)]
     return [factory]
+
+
+def _dequantized(case: Case, cache: torch.Tensor) -> torch.Tensor:
+    """An fp8 case's cache values in q's dtype (exact: FP8_SCALE is a power of two)."""
+    return (cache.float() * FP8_SCALE).to(case.dtype)
 
 
 def _scales(case: Case) -> Dict[str, Any]:
@@ -298,7 +298,9 @@ def build_decode(case: Case, device) -> Workload:
                 + cache_elem * 2 * sum(info.seq_lens) * Hk * D)
 
     if case.kv_dtype is not None:  # peers take caches in q's dtype only
-        return Workload(fa, _same_dtype_baseline(case, q, k_cache, v_cache, call, nbytes_of),
+        k_wide, v_wide = _dequantized(case, k_cache), _dequantized(case, v_cache)
+        return Workload(fa, _baseline(case, lambda: call(k_wide, v_wide),
+                                      nbytes_of(k_wide.element_size())),
                         nbytes_of(k_cache.element_size()), "byte")
     return Workload(fa, _paged_peers(q, k_cache, v_cache, table, info),
                     nbytes_of(k_cache.element_size()), "byte")
@@ -325,8 +327,8 @@ def build_extend(case: Case, device) -> Workload:
     flops = sum(attention_flops(visible_pairs(nq, nk, causal=True), Hq, D)
                 for nq, nk in zip(info.q_lens, info.seq_lens))
     if case.kv_dtype is not None:
-        return Workload(fa, _same_dtype_baseline(case, q, k_cache, v_cache, call,
-                                                 lambda elem: flops), flops, "flop")
+        k_wide, v_wide = _dequantized(case, k_cache), _dequantized(case, v_cache)
+        return Workload(fa, _baseline(case, lambda: call(k_wide, v_wide), flops), flops, "flop")
     return Workload(fa, _paged_peers(q, k_cache, v_cache, table, info), flops, "flop")
 
 
@@ -355,7 +357,7 @@ def build_append(case: Case, device) -> Workload:
         fa_run()
         if case.kv_dtype is None:
             return fa_k, fa_v
-        return fa_k.float() * FP8_SCALE, fa_v.float() * FP8_SCALE
+        return _dequantized(case, fa_k).float(), _dequantized(case, fa_v).float()
 
     # k and v are each read once and written once (in the cache's dtype).
     def nbytes_of(cache_elem):
@@ -365,18 +367,15 @@ def build_append(case: Case, device) -> Workload:
     if case.kv_dtype is not None:
         baseline_k, baseline_v = empty_cache(case.dtype), empty_cache(case.dtype)
 
-        @peers._family("fastattn")
-        def baseline():
-            def run():
-                fastattn.append_kv(baseline_k, baseline_v, k, v, slot_mapping)
+        def run():
+            fastattn.append_kv(baseline_k, baseline_v, k, v, slot_mapping)
 
-            def output():  # quantized afterwards by torch's cast: the same codes in range
-                run()
-                return tuple((c.float() / FP8_SCALE).to(case.kv_dtype).float() * FP8_SCALE
-                             for c in (baseline_k, baseline_v))
-            return [Impl(f"fastattn, {dtype_name(case.dtype)} cache", run=run, output=output,
-                         work=nbytes_of(k.element_size()))]
-        return Workload(Impl("fastattn", run=fa_run, output=fa_output), [baseline], nbytes,
+        def output():  # quantized afterwards by torch's cast: the same codes in range
+            run()
+            return tuple(_dequantized(case, (c.float() / FP8_SCALE).to(case.kv_dtype)).float()
+                         for c in (baseline_k, baseline_v))
+        return Workload(Impl("fastattn", run=fa_run, output=fa_output),
+                        _baseline(case, run, nbytes_of(k.element_size()), output), nbytes,
                         "byte")
     index_copy = partial(peers.index_copy_append, empty_cache(), empty_cache(), k, v,
                          slot_mapping)
