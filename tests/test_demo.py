@@ -81,6 +81,26 @@ def test_demo_cli(capsys):
     assert "cpu (float32), 1 CPU thread" in out and "tokens/s" in out and "peak" in out
 
 
+@pytest.mark.parametrize("kv_dtype", ["fp8_e4m3", "fp8_e5m2"])
+def test_demo_fp8_cache(kv_dtype, capsys):
+    """--kv-dtype serves the same requests again on an fp8 cache and reports the logit
+    difference and token agreement against the first run, which stays checked as usual."""
+    cfg = small_config(kv_dtype=kv_dtype)
+    report = demo.run(cfg)
+    assert report.passed and report.max_abs_diff <= 1e-4
+    fp8 = report.fp8
+    assert fp8.kv_dtype == {"fp8_e4m3": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2"}[kv_dtype]
+    assert [a.rid for a in fp8.agreements] == list(range(cfg.num_requests))
+    # fp8 rounding moves the logits (the cache really is fp8), but not wildly: O(1) logits.
+    assert 1e-4 < fp8.max_abs_diff < 1.0
+    assert fp8.tokens_per_s > 0
+    for a in fp8.agreements:
+        assert a.diverged == (a.margin is not None) and (a.matched < a.tokens) >= a.diverged
+    assert "float8" in report.format() and "requests identical" in report.format()
+    assert demo.main(RANDOM_ARGV + ["--requests", "2", "--kv-dtype", kv_dtype]) == 0
+    assert "cache  (scale 1.0, not a check)" in capsys.readouterr().out
+
+
 def test_cli_options():
     cfg = demo.cli.parse_args(["--prompt", "hi", "--prompt", "there", "--max-new-tokens", "9"])
     assert cfg.model_name == "smollm2" and cfg.prompts == ["hi", "there"]

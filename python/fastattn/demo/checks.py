@@ -80,6 +80,32 @@ class Agreement:
         return not self.diverged or self.margin <= 2 * logit_error
 
 
+@dataclass
+class CacheComparison:
+    """A run on an fp8 KV cache against the same requests on a cache of the compute dtype."""
+    kv_dtype: str
+    tokens_per_s: float                # the fp8 run's generated tokens per second
+    max_abs_diff: float                # max |logit diff| over the rows both runs share
+    agreements: List[Agreement]        # per request; margin: the baseline's top-2 margin
+
+
+def compare_runs(rid: int, base: List[int], base_logits: List[torch.Tensor], other: List[int],
+                 other_logits: List[torch.Tensor]) -> Agreement:
+    """Greedy tokens of two runs of one request; logits compared up to and including the
+    first divergence (the rows where both saw the same prefix)."""
+    matched = 0
+    while matched < min(len(base), len(other)) and base[matched] == other[matched]:
+        matched += 1
+    diverged = matched < max(len(base), len(other))
+    compared = min(matched + 1, len(base), len(other))
+    error = max([float((base_logits[k].float() - other_logits[k].float()).abs().max())
+                 for k in range(compared)], default=0.0)
+    margin = None
+    if diverged:
+        margin = top2_margin(base_logits[matched]) if matched < len(base) else float("inf")
+    return Agreement(rid, len(other), matched, diverged, margin, error)
+
+
 def compare_with_transformers(hf_model, prompt: List[int], ours: List[int],
                               our_logits: List[torch.Tensor], rid: int,
                               max_new_tokens: int) -> Agreement:

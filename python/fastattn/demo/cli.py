@@ -14,6 +14,10 @@ Checks (demo/checks.py), any failure makes the exit status 1:
   (attn_implementation="sdpa") on that request alone; a divergence passes only where our
   top-2 logit margin is within twice the measured logit error (round-off can flip a near
   tie, nothing else can), and transformers' logits must agree within the tolerance up to it.
+
+`--kv-dtype fp8_e4m3|fp8_e5m2` serves the requests a second time on an fp8 KV cache and
+reports its logit difference and token agreement against the run above (information, not
+a check: fp8 rounding may change greedy choices).
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ import torch
 
 from fastattn._dtypes import DTYPES, dtype_name
 from fastattn.cache import PagedKVCache
-from fastattn.demo.checks import Agreement, DenseReference, compare_with_transformers
+from fastattn.demo.checks import (Agreement, CacheComparison, DenseReference, compare_runs,
+                                  compare_with_transformers)
 from fastattn.demo.engine import Engine, Request
 from fastattn.demo.models import ModelConfig, ModelUnavailable, TinyLlama, load_smollm2
 
@@ -38,6 +43,8 @@ from fastattn.demo.models import ModelConfig, ModelUnavailable, TinyLlama, load_
 # are O(1); SmolLM2's are O(10), through 30 layers.
 TOLERANCES = {torch.float32: 1e-4, torch.float16: 5e-2, torch.bfloat16: 2.5e-1}
 SMOLLM2_TOLERANCES = {torch.float32: 1e-3, torch.float16: 5e-1, torch.bfloat16: 2.0}
+
+KV_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 
 # The default chat requests: short and long prompts (the long one is prefilled in chunks),
 # arriving at different steps.
@@ -81,6 +88,7 @@ class DemoConfig:
     # torch CPU threads for the run (0: torch's default; None: 1 for the tiny random model,
     # where OpenMP spin-waits cost more than a second thread gains, else torch's default).
     threads: Optional[int] = None
+    kv_dtype: Optional[str] = None      # "fp8_e4m3" / "fp8_e5m2": also serve on an fp8 cache
     verbose: bool = False
     log: bool = False                   # progress on stderr
 
@@ -105,6 +113,7 @@ class DemoReport:
     tolerance: float
     answers: List[str] = field(default_factory=list)       # chat runs: one per request
     agreements: List[Agreement] = field(default_factory=list)
+    fp8: Optional[CacheComparison] = None
 
     @property
     def tokens_per_s(self) -> float:
@@ -150,6 +159,18 @@ class DemoReport:
                              f"top-2 margin {a.margin:.3e} {verdict}")
         return lines
 
+    def _fp8_lines(self) -> List[str]:
+        if self.fp8 is None:
+            return []
+        c = self.fp8
+        same = sum(not a.diverged for a in c.agreements)
+        lines = [f"  {c.kv_dtype} cache  (scale 1.0, not a check) {c.tokens_per_s:.1f} generated "
+                 f"tokens/s; max |logit diff| {c.max_abs_diff:.3e} vs the {self.dtype} cache "
+                 f"over shared histories; {same} of {len(c.agreements)} requests identical"]
+        lines += [f"    request {a.rid}: diverges at generated token {a.matched}, top-2 margin "
+                  f"there {a.margin:.3e}" for a in c.agreements if a.diverged]
+        return lines
+
     def format(self) -> str:
         head = [f"[{i}] {text}" for i, text in enumerate(self.answers)]
         return "\n".join(head + ([""] if head else []) + [
@@ -168,7 +189,8 @@ class DemoReport:
             f"(page size {self.page_size})",
             f"  max |logit diff|  {self.max_abs_diff:.3e} vs dense float32 recomputation "
             f"(tolerance {self.tolerance:g}): {'PASS' if self.reference_passed else 'FAIL'}",
-        ] + self._agreement_lines() + [f"  result            {'PASS' if self.passed else 'FAIL'}"])
+        ] + self._agreement_lines() + self._fp8_lines()
+            + [f"  result            {'PASS' if self.passed else 'FAIL'}"])
 
 
 def make_requests(cfg: DemoConfig) -> List[Request]:
@@ -234,30 +256,26 @@ def demo_dtype(cfg: DemoConfig) -> torch.dtype:
     return torch.float32
 
 
-def _run(cfg: DemoConfig, loaded) -> DemoReport:
-    dtype = demo_dtype(cfg)
-    tokenizer = None
-    if cfg.model_name == "smollm2":
-        model, tokenizer = loaded or load_smollm2(dtype, cfg.device, lambda m: _log(cfg, m))
-        stop = model.hf.generation_config.eos_token_id
-        stop_ids = set(stop if isinstance(stop, list) else [stop]) | {tokenizer.eos_token_id}
-        requests = chat_requests(cfg, tokenizer, stop_ids - {None})
-        tolerances = SMOLLM2_TOLERANCES
-    elif cfg.model_name == "random":
-        model = TinyLlama.random(cfg.model, cfg.seed, dtype, cfg.device)
-        requests = make_requests(cfg)
-        tolerances = TOLERANCES
-    else:
-        raise ValueError(f"unknown model {cfg.model_name!r}: smollm2 or random")
-    tolerance = tolerances[dtype] if cfg.tolerance is None else cfg.tolerance
-    reference = DenseReference(model.reference_copy())
+@dataclass
+class Served:
+    """One serving run: every request's sampled logit rows, and the run's figures."""
+    engine: Engine
+    cache: PagedKVCache
+    rows: dict                  # rid -> the logit row of each generated token
+    max_diff: float             # against the dense reference (0.0 without one)
+    steps: int
+    mixed: int
+
+
+def _serve(cfg: DemoConfig, model, requests: List[Request], cache_dtype: torch.dtype,
+           reference: Optional[DenseReference]) -> Served:
     cache = PagedKVCache(cfg.num_pages, cfg.page_size, model.num_kv_heads, model.head_dim,
-                         num_layers=model.num_layers, dtype=dtype, device=cfg.device)
+                         num_layers=model.num_layers, dtype=cache_dtype, device=cfg.device)
     engine = Engine(model, cache, requests, token_budget=cfg.token_budget,
                     max_running=cfg.max_running)
-    _log(cfg, f"serving {len(requests)} requests on {model.describe()} ...")
-
-    sampled_rows = {r.rid: [] for r in requests}   # the logit row of each generated token
+    _log(cfg, f"serving {len(requests)} requests on {model.describe()}, "
+              f"{dtype_name(cache_dtype)} KV cache ...")
+    rows = {r.rid: [] for r in requests}
     max_diff, steps, mixed = 0.0, 0, 0
     while engine.has_work:
         result = engine.step()
@@ -267,12 +285,14 @@ def _run(cfg: DemoConfig, loaded) -> DemoReport:
         mixed += result.mixed
         step_diff = 0.0
         for r, n in result.scheduled:   # the reference is fed every token, sampled or not
+            if r in result.sampled:
+                rows[r.rid].append(result.logits[result.sampled.index(r)].cpu())
+            if reference is None:
+                continue
             start = len(r.fed) - n
             ref = reference.logits(r.rid, r.fed[start:], start)
             if r in result.sampled:
-                row = result.logits[result.sampled.index(r)]
-                step_diff = _nan_max(step_diff, (row - ref).abs().max().item())
-                sampled_rows[r.rid].append(row.cpu())
+                step_diff = _nan_max(step_diff, (rows[r.rid][-1] - ref.cpu()).abs().max().item())
             if r.done:
                 reference.drop(r.rid)
         max_diff = _nan_max(max_diff, step_diff)
@@ -287,6 +307,47 @@ def _run(cfg: DemoConfig, loaded) -> DemoReport:
     for r in requests:
         if not r.done:
             raise RuntimeError(f"demo bug: request {r.rid} did not finish")
+    return Served(engine, cache, rows, max_diff, steps, mixed)
+
+
+def _run(cfg: DemoConfig, loaded) -> DemoReport:
+    dtype = demo_dtype(cfg)
+    tokenizer = None
+    if cfg.model_name == "smollm2":
+        model, tokenizer = loaded or load_smollm2(dtype, cfg.device, lambda m: _log(cfg, m))
+        stop = model.hf.generation_config.eos_token_id
+        stop_ids = set(stop if isinstance(stop, list) else [stop]) | {tokenizer.eos_token_id}
+
+        def new_requests():
+            return chat_requests(cfg, tokenizer, stop_ids - {None})
+        tolerances = SMOLLM2_TOLERANCES
+    elif cfg.model_name == "random":
+        model = TinyLlama.random(cfg.model, cfg.seed, dtype, cfg.device)
+
+        def new_requests():
+            return make_requests(cfg)
+        tolerances = TOLERANCES
+    else:
+        raise ValueError(f"unknown model {cfg.model_name!r}: smollm2 or random")
+    if cfg.kv_dtype is not None and cfg.kv_dtype not in KV_DTYPES:
+        raise ValueError(f"unknown kv_dtype {cfg.kv_dtype!r}: one of {', '.join(KV_DTYPES)}")
+    tolerance = tolerances[dtype] if cfg.tolerance is None else cfg.tolerance
+    requests = new_requests()
+    served = _serve(cfg, model, requests, dtype, DenseReference(model.reference_copy()))
+
+    fp8 = None
+    if cfg.kv_dtype is not None:
+        fp8_requests = new_requests()
+        fp8_run = _serve(cfg, model, fp8_requests, KV_DTYPES[cfg.kv_dtype], None)
+        agreements = [compare_runs(r.rid, r.generated, served.rows[r.rid], f.generated,
+                                   fp8_run.rows[f.rid])
+                      for r, f in zip(requests, fp8_requests)]
+        generated = sum(len(f.generated) for f in fp8_requests)
+        seconds = fp8_run.engine.busy_seconds
+        fp8 = CacheComparison(dtype_name(KV_DTYPES[cfg.kv_dtype]),
+                              generated / seconds if seconds > 0 else float("inf"),
+                              max((a.hf_logit_error for a in agreements), default=0.0),
+                              agreements)
 
     answers, agreements = [], []
     if tokenizer is not None:
@@ -295,19 +356,21 @@ def _run(cfg: DemoConfig, loaded) -> DemoReport:
         if cfg.check_transformers:
             _log(cfg, "comparing with transformers' generate, one request at a time ...")
             agreements = [compare_with_transformers(model.hf, r.prompt, r.generated,
-                                                    sampled_rows[r.rid], r.rid, r.max_new_tokens)
+                                                    served.rows[r.rid], r.rid, r.max_new_tokens)
                           for r in requests]
 
+    cache = served.cache
     return DemoReport(
         device=str(torch.device(cfg.device)), dtype=dtype_name(dtype),
         threads=torch.get_num_threads(), model=model.describe(),
-        sequences=len(requests), steps=steps, mixed_steps=mixed,
+        sequences=len(requests), steps=served.steps, mixed_steps=served.mixed,
         chunked_prompts=sum(r.prefill_steps > 1 for r in requests),
         prompt_tokens=sum(len(r.prompt) for r in requests),
         generated_tokens=sum(len(r.generated) for r in requests),
-        seconds=engine.busy_seconds, peak_pages=cache.peak_pages_used,
+        seconds=served.engine.busy_seconds, peak_pages=cache.peak_pages_used,
         total_pages=cache.num_pages, page_size=cache.page_size,
-        max_abs_diff=max_diff, tolerance=tolerance, answers=answers, agreements=agreements)
+        max_abs_diff=served.max_diff, tolerance=tolerance, answers=answers,
+        agreements=agreements, fp8=fp8)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> DemoConfig:
@@ -351,6 +414,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> DemoConfig:
     srv.add_argument("--threads", type=int, default=None,
                      help="torch CPU threads (default: 1 for the random model, else torch's "
                           "default; 0: torch's default)")
+    srv.add_argument("--kv-dtype", choices=sorted(KV_DTYPES), default=None,
+                     help="also serve on an fp8 KV cache (CPU) and report its logit difference "
+                          "and token agreement against the first run")
     srv.add_argument("--verbose", action="store_true", help="print one line per step")
     a = p.parse_args(argv)
     if a.prompt and a.model != "smollm2":
@@ -369,7 +435,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> DemoConfig:
                       page_size=a.page_size, num_pages=a.pages, token_budget=a.token_budget,
                       max_running=a.max_running, tolerance=a.tolerance,
                       check_transformers=not a.no_transformers_check, threads=a.threads,
-                      verbose=a.verbose, log=True)
+                      kv_dtype=a.kv_dtype, verbose=a.verbose, log=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
