@@ -8,8 +8,8 @@ cast overflows to inf. Attention is compared
 with the float64 reference run on the same fp8 codes dequantized exactly, under the
 FlashAttention tolerance rule.
 
-fp8 caches run on the CPU kernels; the CUDA kernels refuse them (NotImplementedError) until
-they read fp8 pages.
+The parity tests run on every device (``device`` fixture); the CUDA kernels' fp8 paths also
+run in CI under the CPU emulation (tests/test_emu_fp8.py).
 """
 
 import pytest
@@ -20,7 +20,7 @@ from fastattn.reference import (ref_append_kv, ref_fp8_dequantize, ref_fp8_quant
                                 ref_paged_attention)
 
 from conftest import (HAS_CUDA, PagedKV, assert_matches_reference, cu_seqlens, dtype_id,
-                      i32, i64, nan_tensor, randn)
+                      i64, nan_tensor, randn, skip_if_unsupported)
 
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 FORMATS = [E4M3, E5M2]
@@ -99,6 +99,23 @@ def test_reference_quantizer_agrees_with_torch_in_range(fmt):
         1.0 + 2 * 2.0 ** -(3 if fmt == E4M3 else 2))
 
 
+def probe_append_case(fmt, in_dtype, heads, head_dim, page_size=5):
+    """append_kv arguments holding every probe value: k [T, heads, head_dim] in in_dtype (the
+    values shuffled, zero-padded), v = -k reversed; NaN-poisoned fp8 caches with two spare
+    pages; shuffled slots with every 7th token padding (-1). Returns (k_cache, v_cache, k,
+    v, slots)."""
+    x = probe_values(fmt)
+    x = x[torch.randperm(x.numel())]
+    tokens = -(-x.numel() // (heads * head_dim))
+    x = torch.cat([x, torch.zeros(tokens * heads * head_dim - x.numel())])
+    k = x.reshape(tokens, heads, head_dim).to(in_dtype)
+    num_pages = -(-tokens // page_size) + 2
+    slots = torch.randperm(num_pages * page_size)[:tokens]
+    slots[::7] = -1
+    k_cache = nan_tensor(num_pages, page_size, heads, head_dim, dtype=fmt, device="cpu")
+    return k_cache, k_cache.clone(), k, -k.flip(0), slots
+
+
 def scale_arg(kind, heads):
     if kind == "none":
         return None
@@ -112,25 +129,19 @@ def scale_arg(kind, heads):
 @pytest.mark.parametrize("scale_kind", ["none", "float", "tensor", "per-head"])
 @pytest.mark.parametrize("in_dtype", [F32, F16, BF16], ids=dtype_id)
 @pytest.mark.parametrize("fmt", FORMATS, ids=fmt_id)
-def test_append_kv_quantizes_bit_exactly(fmt, in_dtype, scale_kind):
+def test_append_kv_quantizes_bit_exactly(device, fmt, in_dtype, scale_kind):
     """Every probe value through append_kv into a NaN-poisoned cache at shuffled slots:
     the stored codes are ref_fp8_quantize's, slots not written stay NaN."""
-    heads, head_dim, page_size = 3, 8, 5
-    x = probe_values(fmt)
-    x = x[torch.randperm(x.numel())]
-    tokens = -(-x.numel() // (heads * head_dim))
-    x = torch.cat([x, torch.zeros(tokens * heads * head_dim - x.numel())])
-    k = x.reshape(tokens, heads, head_dim).to(in_dtype)
-    v = -k.flip(0)
-    num_pages = -(-tokens // page_size) + 2
-    slots = torch.randperm(num_pages * page_size)[:tokens]
-    slots[::7] = -1  # padding tokens are skipped
+    skip_if_unsupported(device, in_dtype)
+    heads = 3
+    k_cache, v_cache, k, v, slots = probe_append_case(fmt, in_dtype, heads, 8)
     k_scale, v_scale = scale_arg(scale_kind, heads), scale_arg(scale_kind, heads)
-    k_cache = nan_tensor(num_pages, page_size, heads, head_dim, dtype=fmt, device="cpu")
-    v_cache = k_cache.clone()
     want_k, want_v = ref_append_kv(k_cache, v_cache, k, v, slots, k_scale=k_scale,
                                    v_scale=v_scale)
-    fastattn.append_kv(k_cache, v_cache, k, v, slots, k_scale=k_scale, v_scale=v_scale)
+    on = lambda x: x.to(device) if isinstance(x, torch.Tensor) else x
+    k_cache, v_cache = k_cache.to(device), v_cache.to(device)
+    fastattn.append_kv(k_cache, v_cache, on(k), on(v), on(slots), k_scale=on(k_scale),
+                       v_scale=on(v_scale))
     assert_same_codes(k_cache, want_k)
     assert_same_codes(v_cache, want_v)
 
@@ -138,6 +149,10 @@ def test_append_kv_quantizes_bit_exactly(fmt, in_dtype, scale_kind):
 # ---------------------------------------------------------------------------------------
 # Attention over fp8 pages
 # ---------------------------------------------------------------------------------------
+
+def on_device(scale, device):
+    return scale.to(device) if isinstance(scale, torch.Tensor) else scale
+
 
 def fp8_paged(seq_lens, heads, head_dim, page_size, fmt, k_scale, v_scale, device):
     """A NaN-poisoned fp8 PagedKV holding the quantized codes of random keys and values."""
@@ -157,32 +172,38 @@ SCALES = {"unscaled": (None, None), "floats": (0.05, 0.02),
 @pytest.mark.parametrize("page_size", [1, 7, 16])
 @pytest.mark.parametrize("q_dtype", [F32, F16, BF16], ids=dtype_id)
 @pytest.mark.parametrize("fmt", FORMATS, ids=fmt_id)
-def test_paged_decode(fmt, q_dtype, page_size, scales):
+def test_paged_decode(device, fmt, q_dtype, page_size, scales):
+    skip_if_unsupported(device, q_dtype)
     k_scale, v_scale = SCALES[scales]
     seq_lens = [1, 97, 7, 33, 0]  # 0: a padding entry
-    cache = fp8_paged(seq_lens, 2, 64, page_size, fmt, k_scale, v_scale, "cpu")
-    q = randn(len(seq_lens), 6, 64, dtype=q_dtype)
+    cache = fp8_paged(seq_lens, 2, 64, page_size, fmt, k_scale, v_scale, device)
+    q = randn(len(seq_lens), 6, 64, dtype=q_dtype, device=device)
     paged = (cache.k_cache, cache.v_cache, cache.block_table, cache.seq_lens)
-    result = fastattn.paged_attention(q, *paged, k_scale=k_scale, v_scale=v_scale,
-                                      return_lse=True)
+    result = fastattn.paged_attention(q, *paged, k_scale=on_device(k_scale, device),
+                                      v_scale=on_device(v_scale, device), return_lse=True)
     assert_matches_reference(result, ref_paged_attention, q, *paged, return_lse=True,
                              k_scale=k_scale, v_scale=v_scale)
 
 
+@pytest.mark.parametrize("head_dim", [40, 48])
 @pytest.mark.parametrize("scales", ["unscaled", "per-head"])
 @pytest.mark.parametrize("page_size", [1, 16])
 @pytest.mark.parametrize("q_dtype", [F32, BF16], ids=dtype_id)
 @pytest.mark.parametrize("fmt", FORMATS, ids=fmt_id)
-def test_paged_extend(fmt, q_dtype, page_size, scales):
+def test_paged_extend(device, fmt, q_dtype, page_size, scales, head_dim):
+    skip_if_unsupported(device, q_dtype)
+    if device == "cuda" and head_dim % 16:
+        pytest.skip("the CUDA extend kernel needs D % 16 == 0 for fp8 (test_cuda_fp8_extend_d40)")
     k_scale, v_scale = SCALES[scales]
     seq_lens, q_lens = [97, 7, 1, 40], [30, 7, 1, 0]
-    cache = fp8_paged(seq_lens, 2, 40, page_size, fmt, k_scale, v_scale, "cpu")
-    q = randn(sum(q_lens), 6, 40, dtype=q_dtype)
+    cache = fp8_paged(seq_lens, 2, head_dim, page_size, fmt, k_scale, v_scale, device)
+    q = randn(sum(q_lens), 6, head_dim, dtype=q_dtype, device=device)
     paged = (cache.k_cache, cache.v_cache, cache.block_table, cache.seq_lens)
-    options = dict(cu_seqlens_q=cu_seqlens(q_lens), max_seqlen_q=max(q_lens), causal=True,
-                   window_size=(50, -1))
-    result = fastattn.paged_attention(q, *paged, k_scale=k_scale, v_scale=v_scale,
-                                      return_lse=True, **options)
+    options = dict(cu_seqlens_q=cu_seqlens(q_lens, device), max_seqlen_q=max(q_lens),
+                   causal=True, window_size=(50, -1))
+    result = fastattn.paged_attention(q, *paged, k_scale=on_device(k_scale, device),
+                                      v_scale=on_device(v_scale, device), return_lse=True,
+                                      **options)
     assert_matches_reference(result, ref_paged_attention, q, *paged, return_lse=True,
                              k_scale=k_scale, v_scale=v_scale, **options)
 
@@ -308,14 +329,48 @@ def test_dtype_errors():
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA")
-def test_cuda_refuses_fp8_caches():
+def test_cuda_fp8_extend_d40():
+    """The CUDA extend kernel copies fp8 tiles in 16-byte chunks: D = 40 is a ValueError
+    naming k_cache; decode reads the same cache."""
+    cache = fp8_paged([9], 2, 40, 4, E4M3, None, None, "cuda")
+    paged = (cache.k_cache, cache.v_cache, cache.block_table, cache.seq_lens)
+    with pytest.raises(ValueError, match=r"k_cache: .*fp8 cache's head_dim a multiple of 16"):
+        fastattn.paged_attention(randn(3, 2, 40, dtype=F16, device="cuda"), *paged,
+                                 cu_seqlens_q=cu_seqlens([3], "cuda"), max_seqlen_q=3)
+    out = fastattn.paged_attention(randn(1, 2, 40, dtype=F16, device="cuda"), *paged)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA")
+@pytest.mark.parametrize("which", ["k_scale", "v_scale"])
+def test_cuda_bad_scale_values(which):
+    """On CUDA a scale tensor's values are checked by the kernels (no host sync): the error
+    surfaces at check_errors() (or the next fastattn call), naming the scale."""
     q, paged = small_fp8()
-    paged = tuple(t.cuda() for t in paged)
-    with pytest.raises(NotImplementedError, match=r"fp8 KV caches .* CPU tensors only"):
-        fastattn.paged_attention(q.cuda(), *paged)
-    with pytest.raises(NotImplementedError, match=r"fp8 KV caches"):
-        fastattn.append_kv(paged[0], paged[1], randn(1, 2, 8, dtype=F16, device="cuda"),
-                           randn(1, 2, 8, dtype=F16, device="cuda"), i64([0], device="cuda"))
+    q, paged = q.cuda(), tuple(t.cuda() for t in paged)
+    bad = {which: torch.tensor([1.0, 0.0], device="cuda")}
+    fastattn.paged_attention(q, *paged, **bad)
+    with pytest.raises(ValueError, match=rf"{which}: scales must be positive and finite"):
+        fastattn.check_errors()
+    fastattn.append_kv(paged[0], paged[1], randn(1, 2, 8, dtype=F16, device="cuda"),
+                       randn(1, 2, 8, dtype=F16, device="cuda"), i64([0], device="cuda"), **bad)
+    with pytest.raises(ValueError, match=rf"{which}: scales must be positive and finite"):
+        fastattn.check_errors()
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA")
+def test_cuda_opcheck_and_compile():
+    """The CUDA ops with an fp8 cache and tensor scales: fake-tensor and AOT checks, and
+    torch.compile(fullgraph=True) equal to eager (the CPU cases are in test_compile.py)."""
+    q, paged = small_fp8()
+    q, paged = q.cuda(), tuple(t.cuda() for t in paged)
+    k_scale = torch.tensor([0.5, 2.0], device="cuda")
+    torch.library.opcheck(torch.ops.fastattn.paged_attention.default,
+                          (q, *paged, None, 1, 0.3, True, -1, -1, 0.0, k_scale, None, 1.0, 0.75),
+                          test_utils=("test_faketensor", "test_aot_dispatch_dynamic"))
+    run = lambda *a: fastattn.paged_attention(*a, k_scale=k_scale, v_scale=0.75)
+    assert torch.equal(torch.compile(run, fullgraph=True, backend="aot_eager")(q, *paged),
+                       run(q, *paged))
 
 
 def test_dequantize_reference():

@@ -4,8 +4,10 @@
 
 namespace fastattn::kernels {
 
-void append_kv(const AppendKVParams& p, DType dtype, void* stream) {
-  dispatch_dtype(dtype, [&](auto t) { launch_append_kv<decltype(t)>(p, stream); });
+void append_kv(const AppendKVParams& p, DType dtype, DType cache_dtype, void* stream) {
+  dispatch_cache_dtype(dtype, cache_dtype, [&](auto t, auto c) {
+    launch_append_kv<decltype(t), decltype(c)>(p, stream);
+  });
 }
 
 }  // namespace fastattn::kernels

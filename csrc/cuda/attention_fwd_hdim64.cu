@@ -1,10 +1,10 @@
-// Attention forward kernels for head dims up to 64 (fp16 and bf16); see
-// kernels/attention_fwd.cuh. One head dim per translation unit: they build in parallel.
+// Attention forward kernels for head dims up to 64 (fp16 and bf16 queries; K/V of the same
+// dtype or fp8); see kernels/attention_fwd.cuh. One head dim per translation unit: they
+// build in parallel.
 #include "cuda/kernels/attention_fwd.cuh"
 
 namespace fastattn::kernels {
 
-template void launch_attention_fwd<::fastattn::device::half_t, 64>(const AttnParams&, void*);
-template void launch_attention_fwd<::fastattn::device::bf16_t, 64>(const AttnParams&, void*);
+FASTATTN_INSTANTIATE_ATTENTION_FWD(64)
 
 }  // namespace fastattn::kernels

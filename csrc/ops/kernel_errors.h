@@ -28,13 +28,15 @@ inline std::string kernel_error_message(int32_t bits, const char* when) {
       "cu_seqlens_k: not non-decreasing from 0 to the number of key tokens, or a "
       "sequence longer than max_seqlen_k");
   add(kErrSlotMapping, "slot_mapping: an entry is >= num_pages * page_size");
+  add(kErrKScale, "k_scale: scales must be positive and finite; a value is not");
+  add(kErrVScale, "v_scale: scales must be positive and finite; a value is not");
   const int32_t known = kErrBlockTable | kErrSeqLens | kErrCuSeqlensQ | kErrCuSeqlensK |
-                        kErrSlotMapping;
+                        kErrSlotMapping | kErrKScale | kErrVScale;
   if (bits & ~known) add(bits & ~known, "unknown error bits (a fastattn bug: please report)");
   std::string msg = "fastattn: ";
   if (*when) msg += std::string(when) + " ";
-  return msg + "a fastattn kernel found invalid index values and skipped them (its outputs "
-               "are not valid): " + what;
+  return msg + "a fastattn kernel found invalid index or scale values (it skipped the "
+               "indices; its outputs are not valid): " + what;
 }
 
 // Why a GPU of compute capability major.minor cannot run fastattn's CUDA kernels; empty

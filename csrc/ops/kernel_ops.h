@@ -44,13 +44,22 @@
 namespace fastattn::ops {
 namespace {
 
-kernels::DType kernel_dtype(const at::Tensor& t) {
+kernels::DType kernel_dtype(const at::Tensor& t, const char* name) {
   switch (t.scalar_type()) {
     case at::kHalf: return kernels::DType::kFloat16;
     case at::kBFloat16: return kernels::DType::kBFloat16;
     default:
-      TORCH_CHECK_TYPE(false, "fastattn (CUDA kernels): unsupported dtype ", t.scalar_type(),
-                       "; expected float16 or bfloat16");
+      TORCH_CHECK_TYPE(false, name, ": the CUDA kernels take float16 or bfloat16, got ",
+                       t.scalar_type());
+  }
+}
+
+// A paged cache: the dtype of q (of k, for append_kv; checked before) or fp8.
+kernels::DType kernel_cache_dtype(const at::Tensor& cache) {
+  switch (cache.scalar_type()) {
+    case at::kFloat8_e4m3fn: return kernels::DType::kFp8E4M3;
+    case at::kFloat8_e5m2: return kernels::DType::kFp8E5M2;
+    default: return kernel_dtype(cache, "k_cache");
   }
 }
 
@@ -190,19 +199,13 @@ at::Tensor aligned_16(const at::Tensor& t) {
   return rows_aligned_16(t) ? t : t.clone(at::MemoryFormat::Contiguous);
 }
 
-// fp8 caches run on the CPU kernels only so far; the CUDA kernels do not read them yet.
-void check_fp8_supported(const at::Tensor& cache) {
-  TORCH_CHECK_NOT_IMPLEMENTED(!is_fp8(cache.scalar_type()),
-                              "fastattn: fp8 KV caches (", cache.scalar_type(),
-                              ") are supported on CPU tensors only in this version; the CUDA "
-                              "kernels do not read them yet");
-}
-
 // The paged cache is never copied: it must be aligned.
 void check_cache_aligned(const at::Tensor& cache, const char* name) {
   TORCH_CHECK_VALUE(rows_aligned_16(cache), name,
                     ": the CUDA extend kernel needs 16-byte aligned rows (data pointer and "
-                    "strides multiples of 16 bytes); got strides ", cache.strides(),
+                    "strides multiples of 16 bytes", is_fp8(cache.scalar_type()) ?
+                    "; an fp8 cache's head_dim a multiple of 16" : "", "); got shape ",
+                    cache.sizes(), ", strides ", cache.strides(),
                     " and a data pointer offset by ",
                     reinterpret_cast<uintptr_t>(cache.data_ptr()) % 16, " bytes");
 }
@@ -219,7 +222,7 @@ TensorPair attention_k(const at::Tensor& q_in, const at::Tensor& k_in, const at:
                                    window_left, window_right, softcap);
   check_grid(p, false);
   p.error_flag = launch.error_flag_ptr();
-  kernels::attention_fwd(p, kernel_dtype(q), launch.stream);
+  kernels::attention_fwd(p, kernel_dtype(q, "q"), kernel_dtype(q, "q"), launch.stream);
   launch.done();
   return {out, lse};
 }
@@ -239,7 +242,7 @@ TensorPair attention_varlen_k(const at::Tensor& q_in, const at::Tensor& k_in,
                                     window_right, softcap);
   check_grid(p, false);
   p.error_flag = launch.error_flag_ptr();
-  kernels::attention_fwd(p, kernel_dtype(q), launch.stream);
+  kernels::attention_fwd(p, kernel_dtype(q, "q"), kernel_dtype(q, "q"), launch.stream);
   launch.done();
   return {out, lse};
 }
@@ -254,9 +257,9 @@ TensorPair paged_attention_k(const at::Tensor& q_in, const at::Tensor& k_cache,
                              const std::optional<at::Tensor>& v_scale, double k_scale_value,
                              double v_scale_value) {
   check_paged_inputs(q_in, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q);
+  // Scale tensor values are checked by the kernels (a host check would sync).
   const KVScale ks = kv_scale_param(k_scale, k_scale_value, k_cache, "k_scale");
   const KVScale vs = kv_scale_param(v_scale, v_scale_value, v_cache, "v_scale");
-  check_fp8_supported(k_cache);
   Launch launch(q_in);
   // Decode reads unaligned rows with scalar loads; extend runs the tensor-core kernel.
   const at::Tensor q = cu_seqlens_q.has_value() ? aligned_16(q_in) : q_in;
@@ -277,16 +280,19 @@ TensorPair paged_attention_k(const at::Tensor& q_in, const at::Tensor& k_cache,
   p.v_scale = vs;
   p.error_flag = launch.error_flag_ptr();
   if (cu_seqlens_q.has_value()) {
-    kernels::attention_fwd(p, kernel_dtype(q), launch.stream);
+    kernels::attention_fwd(p, kernel_dtype(q, "q"), kernel_cache_dtype(k_cache),
+                           launch.stream);
   } else {
     // The split count and workspace depend on shapes only, so the call is
     // capturable in a CUDA graph.
-    const int splits = kernels::decode_num_splits(p, launch.num_sms());
+    const kernels::DType cache_dtype = kernel_cache_dtype(k_cache);
+    const int splits = kernels::decode_num_splits(p, cache_dtype, launch.num_sms());
     const int64_t floats = kernels::decode_workspace_floats(p, splits);
     at::Tensor workspace;
     if (floats > 0) workspace = at::empty({floats}, q.options().dtype(at::kFloat));
-    kernels::paged_decode(p, kernel_dtype(q), floats > 0 ? workspace.data_ptr<float>() : nullptr,
-                          splits, launch.stream);
+    kernels::paged_decode(p, kernel_dtype(q, "q"), cache_dtype,
+                          floats > 0 ? workspace.data_ptr<float>() : nullptr, splits,
+                          launch.stream);
   }
   launch.done();
   return {out, lse};
@@ -300,14 +306,13 @@ void append_kv_k(const at::Tensor& k_cache, const at::Tensor& v_cache, const at:
   check_append_inputs(k_cache, v_cache, k, v, slot_mapping);
   const KVScale ks = kv_scale_param(k_scale, k_scale_value, k_cache, "k_scale");
   const KVScale vs = kv_scale_param(v_scale, v_scale_value, v_cache, "v_scale");
-  check_fp8_supported(k_cache);
   Launch launch(k_cache);
   if (k.size(0) == 0) return;
   AppendKVParams p = make_append_params(k_cache, v_cache, k, v, slot_mapping);
   p.k_scale = ks;
   p.v_scale = vs;
   p.error_flag = launch.error_flag_ptr();
-  kernels::append_kv(p, kernel_dtype(k_cache), launch.stream);
+  kernels::append_kv(p, kernel_dtype(k, "k"), kernel_cache_dtype(k_cache), launch.stream);
   launch.done();
 }
 
@@ -318,7 +323,8 @@ TensorPair merge_attention_states_k(const at::Tensor& out_a, const at::Tensor& l
   auto lse = at::empty(lse_a.sizes(), lse_a.options());
   if (out.numel() == 0) return {out, lse};
   const MergeInputs in(out_a, lse_a, out_b, lse_b);
-  kernels::merge_attention_states(in.params(out, lse), kernel_dtype(out_a), launch.stream);
+  kernels::merge_attention_states(in.params(out, lse), kernel_dtype(out_a, "out_a"),
+                                  launch.stream);
   launch.done();
   return {out, lse};
 }

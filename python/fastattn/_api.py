@@ -141,9 +141,10 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     and lse -inf. Token t of sequence b lives in page
     block_table[b, t // page_size] at offset t % page_size.
 
-    fp8 caches: k_cache, v_cache of dtype float8_e4m3fn or float8_e5m2 (q keeps its dtype;
-    CPU only so far), read as float(code) * scale. k_scale, v_scale: None (1.0), a float, or
-    a float32 tensor of shape [] or [Hk] on the cache's device; scales are for fp8 caches only.
+    fp8 caches: k_cache, v_cache of dtype float8_e4m3fn or float8_e5m2 (q keeps its dtype),
+    read as float(code) * scale. k_scale, v_scale: None (1.0), a float, or a float32 tensor
+    of shape [] or [Hk] on the cache's device; scales are for fp8 caches only. On CUDA the
+    extend path (cu_seqlens_q) needs D % 16 == 0 for an fp8 cache.
     """
     C.tensor("q", q, 3, "[B, Hq, D] (decode) or [Tq, Hq, D] (with cu_seqlens_q)")
     C.tensor("k_cache", k_cache, 4, "[P, page_size, Hk, D]")
@@ -200,7 +201,7 @@ def append_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: 
     [T] with slot = page * page_size + offset; tokens with slot < 0 are skipped
     (padding). Slots must be < P * page_size.
 
-    An fp8 cache (float8_e4m3fn, float8_e5m2; CPU only so far) stores
+    An fp8 cache (float8_e4m3fn, float8_e5m2) stores
     saturate(round_nearest_even(x / scale)): the division in float32, values beyond the
     format's finite range (e4m3fn +-448, e5m2 +-57344; infinities too) saturate, NaN stays
     NaN. k_scale, v_scale as for paged_attention.

@@ -21,6 +21,14 @@
 // first), y = KV head, z = batch row. p.seqlen_q is max_seqlen_q for varlen/extend; blocks
 // past their sequence's rows return before any barrier.
 //
+// fp8 paged caches (C = fp8_e4m3_t / fp8_e5m2_t; T stays the query dtype): K and V tiles
+// arrive by cp.async as fp8 codes in a staging buffer (one per operand), and each thread,
+// after waiting for its own copies, widens the chunks it copied into sK / sV as T before
+// the block barrier that publishes them; no thread reads another's staging bytes, so the
+// staging needs no barrier of its own. The MMAs then run as for T caches. The K scale of
+// the block's KV head joins the softmax scale, the V scale the final normalisation (checked
+// on the device: kErrKScale / kErrVScale). fp8 needs D % 16 == 0 (16-byte chunks).
+//
 // Head dims: compiled for kHeadDim in {64, 128, 256}. A runtime head dim D <= kHeadDim that
 // is a multiple of 8 runs on the next compiled size: columns >= D are zero-filled on load,
 // MMA steps wholly beyond D are skipped, and nothing beyond D is stored. Other head dims
@@ -49,7 +57,7 @@ namespace attn_fwd {
 
 namespace dev = ::fastattn::device;
 
-template <int kHeadDim_>
+template <int kHeadDim_, int kCacheBytes = 2>
 struct FwdConfig {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = 64;                         // packed query rows per block
@@ -60,12 +68,20 @@ struct FwdConfig {
   // 128, so the 8 rows an ldmatrix phase reads hit 8 distinct bank groups.
   static constexpr int kStride = kHeadDim + 8;
   static constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per row
-  static constexpr std::size_t kSmemBytes = std::size_t(kBlockM + 2 * kBlockN) * kStride * 2;
+  // fp8 caches: 16-byte chunks of kVecC codes, staged unpadded (only the copying thread
+  // reads them back).
+  static constexpr bool kFp8 = kCacheBytes == 1;
+  static constexpr int kVecC = 16 / kCacheBytes;
+  static constexpr int kChunksC = kHeadDim / kVecC;
+  static constexpr std::size_t kStageBytes = kFp8 ? std::size_t(kBlockN) * kHeadDim : 0;
+  static constexpr std::size_t kSmemBytes =
+      std::size_t(kBlockM + 2 * kBlockN) * kStride * 2 + 2 * kStageBytes;
 
   static_assert(kHeadDim % 16 == 0 && kBlockN % 16 == 0, "MMA tile shapes");
   static_assert(kThreads % kChunks == 0, "a thread copies one fixed column chunk");
-  static_assert((kBlockM * kChunks) % kThreads == 0 && (kBlockN * kChunks) % kThreads == 0,
+  static_assert((kBlockM * kChunks) % kThreads == 0 && (kBlockN * kChunksC) % kThreads == 0,
                 "whole copy passes");
+  static_assert(kThreads % kChunksC == 0, "a thread copies one fixed cache column chunk");
 };
 
 // Bounds of batch row b with every index value checked before use. A bad value adds its
@@ -106,23 +122,25 @@ FA_DEVICE SeqBounds checked_seq_bounds(const AttnParams& p, int b, int& err) {
   return s;
 }
 
-// cp.async of rows [n0, n0 + kBlockN) of K (kIsK) or V into dst [kBlockN, kStride]. Keys at
-// or beyond k_hi (never visible to the block) and columns at or beyond D are zero-filled
-// without a read; so is a key whose page is out of range (flagged).
-template <typename T, int kHeadDim, bool kIsK>
-FA_DEVICE void load_kv_tile(T* dst, const AttnParams& p, const SeqBounds& s, int b, int hk,
+// cp.async of rows [n0, n0 + kBlockN) of K (kIsK) or V into dst: [kBlockN, kStride] of T
+// for a T cache, the staging buffer [kBlockN, kHeadDim] of codes for fp8. Keys at or beyond
+// k_hi (never visible to the block) and columns at or beyond D are zero-filled without a
+// read; so is a key whose page is out of range (flagged).
+template <typename C, int kHeadDim, bool kIsK>
+FA_DEVICE void load_kv_tile(C* dst, const AttnParams& p, const SeqBounds& s, int b, int hk,
                             int n0, int k_hi, int tid, int& err) {
-  using Cfg = FwdConfig<kHeadDim>;
-  const T* base = static_cast<const T*>(kIsK ? p.k : p.v);  // [B, Sk, Hk, D] | [Tk, Hk, D] |
+  using Cfg = FwdConfig<kHeadDim, sizeof(C)>;
+  constexpr int kPitch = Cfg::kFp8 ? kHeadDim : Cfg::kStride;  // dst row, in elements
+  const C* base = static_cast<const C*>(kIsK ? p.k : p.v);  // [B, Sk, Hk, D] | [Tk, Hk, D] |
                                                             // [P, page_size, Hk, D]
-  const int c = tid % Cfg::kChunks;
-  const bool col_ok = c * 8 < p.head_dim;
+  const int c = tid % Cfg::kChunksC;
+  const bool col_ok = c * Cfg::kVecC < p.head_dim;
   FA_UNROLL
-  for (int it = 0; it < Cfg::kBlockN * Cfg::kChunks / Cfg::kThreads; ++it) {
-    const int r = (tid + it * Cfg::kThreads) / Cfg::kChunks;
+  for (int it = 0; it < Cfg::kBlockN * Cfg::kChunksC / Cfg::kThreads; ++it) {
+    const int r = (tid + it * Cfg::kThreads) / Cfg::kChunksC;
     const int j = n0 + r;
     bool valid = col_ok && j < k_hi;
-    const T* src = base;
+    const C* src = base;
     const int64_t batch_stride = kIsK ? p.k_batch_stride : p.v_batch_stride;
     const int64_t row_stride = kIsK ? p.k_row_stride : p.v_row_stride;
     int64_t row = 0;
@@ -137,15 +155,43 @@ FA_DEVICE void load_kv_tile(T* dst, const AttnParams& p, const SeqBounds& s, int
     } else if (valid) {
       row = kv_token_offset(p, s, b, j, batch_stride, row_stride);
     }
-    if (valid) src = base + row + hk * (kIsK ? p.k_head_stride : p.v_head_stride) + c * 8;
-    dev::cp_async_16(dst + r * Cfg::kStride + c * 8, src, valid ? 16u : 0u);
+    if (valid) {
+      src = base + row + hk * (kIsK ? p.k_head_stride : p.v_head_stride) + c * Cfg::kVecC;
+    }
+    dev::cp_async_16(dst + r * kPitch + c * Cfg::kVecC, src, valid ? 16u : 0u);
   }
 }
 
-template <typename T, int kHeadDim>
+// fp8: widens the staged chunks this thread copied (load_kv_tile's mapping; its copies
+// waited for) into dst [kBlockN, kStride] of T. Zero-filled chunks give zeros.
+template <typename T, typename C, int kHeadDim>
+FA_DEVICE void widen_kv_tile(T* dst, const C* stage, int tid) {
+  using Cfg = FwdConfig<kHeadDim, sizeof(C)>;
+  const int c = tid % Cfg::kChunksC;
+  FA_UNROLL
+  for (int it = 0; it < Cfg::kBlockN * Cfg::kChunksC / Cfg::kThreads; ++it) {
+    const int r = (tid + it * Cfg::kThreads) / Cfg::kChunksC;
+    const dev::uint4 codes =
+        *reinterpret_cast<const dev::uint4*>(stage + r * kHeadDim + c * Cfg::kVecC);
+    const uint32_t w[4] = {codes.x, codes.y, codes.z, codes.w};
+    uint32_t out[8];
+    FA_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      const dev::uint2 pair = dev::fp8x4_to_pack2x2<T, C>(w[i]);
+      out[2 * i] = pair.x;
+      out[2 * i + 1] = pair.y;
+    }
+    dev::uint4* d = reinterpret_cast<dev::uint4*>(dst + r * Cfg::kStride + c * Cfg::kVecC);
+    d[0] = dev::uint4{out[0], out[1], out[2], out[3]};
+    d[1] = dev::uint4{out[4], out[5], out[6], out[7]};
+  }
+}
+
+template <typename T, typename C, int kHeadDim>
 FA_KERNEL void FA_LAUNCH_BOUNDS(FwdConfig<kHeadDim>::kThreads)
     attention_fwd_kernel(const AttnParams p) {
-  using Cfg = FwdConfig<kHeadDim>;
+  using Cfg = FwdConfig<kHeadDim, sizeof(C)>;
+  static_assert(std::is_same_v<C, T> || dev::is_fp8_v<C>, "a cache of T or of fp8");
   constexpr int kBlockM = Cfg::kBlockM;
   constexpr int kBlockN = Cfg::kBlockN;
   constexpr int kStride = Cfg::kStride;
@@ -165,6 +211,17 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(FwdConfig<kHeadDim>::kThreads)
   int seq_err = 0;   // the same in every thread: thread 0 reports it
   int page_err = 0;  // this thread's bad block-table reads
   const SeqBounds s = checked_seq_bounds(p, b, seq_err);
+
+  // fp8: the K scale joins the softmax scale, the V scale the normalisation. Every block
+  // reads its KV head's; thread 0 of the first block of each KV head reports a bad value
+  // (even when the block has no work, as the CPU op checks every scale).
+  float score_scale = p.softmax_scale;
+  float v_scale = 1.f;
+  if constexpr (Cfg::kFp8) {
+    int32_t* flag = tid == 0 && b == 0 && blockIdx.x == 0 ? p.error_flag : nullptr;
+    score_scale *= checked_kv_scale(p.k_scale, hk, flag, kErrKScale);
+    v_scale = checked_kv_scale(p.v_scale, hk, flag, kErrVScale);
+  }
   const int rows = s.q_len * group;  // packed rows of this (b, hk)
   if (p.block_table && hk == 0 && m_block == 0 && s.k_len > 0) {
     // The blocks of a sequence read the pages from its first query's first visible key up
@@ -210,6 +267,9 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(FwdConfig<kHeadDim>::kThreads)
   T* sQ = dev::dynamic_smem<T>();    // [kBlockM, kStride], later the output staging
   T* sK = sQ + kBlockM * kStride;    // [kBlockN, kStride]
   T* sV = sK + kBlockN * kStride;    // [kBlockN, kStride]
+  // fp8 staging [kBlockN, kHeadDim] codes each; for a T cache the tiles land in sK / sV.
+  C* stage_k = Cfg::kFp8 ? reinterpret_cast<C*>(sV + kBlockN * kStride) : reinterpret_cast<C*>(sK);
+  C* stage_v = Cfg::kFp8 ? stage_k + Cfg::kStageBytes : reinterpret_cast<C*>(sV);
   const T* q = static_cast<const T*>(p.q);  // [B, Sq, Hq, D] | [Tq, Hq, D]
   T* o = static_cast<T*>(p.o);              // like q
 
@@ -228,7 +288,7 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(FwdConfig<kHeadDim>::kThreads)
       dev::cp_async_16(sQ + r * kStride + c * 8, src, valid ? 16u : 0u);
     }
     dev::cp_async_commit();
-    load_kv_tile<T, kHeadDim, true>(sK, p, s, b, hk, keys.lo, keys.hi, tid, page_err);
+    load_kv_tile<C, kHeadDim, true>(stage_k, p, s, b, hk, keys.lo, keys.hi, tid, page_err);
     dev::cp_async_commit();
   }
 
@@ -245,9 +305,11 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(FwdConfig<kHeadDim>::kThreads)
   for (int tile = 0; tile < n_tiles; ++tile) {
     const int n0 = keys.lo + tile * kBlockN;
     dev::cp_async_wait<0>();
+    // fp8: sK is free (every warp's Q K(tile - 1)^T preceded the last barrier).
+    if constexpr (Cfg::kFp8) widen_kv_tile<T, C, kHeadDim>(sK, stage_k, tid);
     // K(tile) and Q landed for every thread; every warp is done with P V(tile - 1): sV is free.
     dev::sync_block();
-    load_kv_tile<T, kHeadDim, false>(sV, p, s, b, hk, n0, keys.hi, tid, page_err);
+    load_kv_tile<C, kHeadDim, false>(stage_v, p, s, b, hk, n0, keys.hi, tid, page_err);
     dev::cp_async_commit();
 
     // S = Q K^T: [16 rows of this warp, kBlockN keys].
@@ -280,7 +342,7 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(FwdConfig<kHeadDim>::kThreads)
     FA_UNROLL
     for (int nt = 0; nt < kBlockN / 8; ++nt) {
       FA_UNROLL
-      for (int e = 0; e < 4; ++e) acc_s[nt][e] *= p.softmax_scale;
+      for (int e = 0; e < 4; ++e) acc_s[nt][e] *= score_scale;
     }
     if (p.softcap > 0.f) {
       FA_UNROLL
@@ -301,10 +363,13 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(FwdConfig<kHeadDim>::kThreads)
     }
 
     dev::cp_async_wait<0>();
+    // fp8: sV is free (every warp's P V(tile - 1) preceded this tile's first barrier).
+    if constexpr (Cfg::kFp8) widen_kv_tile<T, C, kHeadDim>(sV, stage_v, tid);
     // V(tile) landed for every thread; every warp is done reading sK.
     dev::sync_block();
     if (tile + 1 < n_tiles) {
-      load_kv_tile<T, kHeadDim, true>(sK, p, s, b, hk, n0 + kBlockN, keys.hi, tid, page_err);
+      load_kv_tile<C, kHeadDim, true>(stage_k, p, s, b, hk, n0 + kBlockN, keys.hi, tid,
+                                      page_err);
     }
     dev::cp_async_commit();
 
@@ -368,7 +433,7 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(FwdConfig<kHeadDim>::kThreads)
   for (int r = 0; r < 2; ++r) {
     state[r].row_sum += dev::shfl_xor(state[r].row_sum, 1);
     state[r].row_sum += dev::shfl_xor(state[r].row_sum, 2);
-    inv_sum[r] = state[r].inv_sum();  // 0 for a row that saw no key: output 0
+    inv_sum[r] = state[r].inv_sum() * v_scale;  // 0 for a row that saw no key: output 0
   }
   T* sO = sQ + warp * 16 * kStride;  // [16, kStride]
   dev::sync_warp();  // the warp's last ldmatrix reads of these rows precede the stores
@@ -406,13 +471,18 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(FwdConfig<kHeadDim>::kThreads)
 
 }  // namespace attn_fwd
 
-// Launches the forward kernel for inputs of type T (device half_t / bf16_t) whose head dim
-// p.head_dim <= kHeadDim is a multiple of 8 (see the header comment). No sync, no allocation.
-template <typename T, int kHeadDim>
+// Launches the forward kernel for inputs of type T (device half_t / bf16_t) and K/V of type
+// C (T, or fp8 for a paged cache) whose head dim p.head_dim <= kHeadDim is a multiple of 8
+// (of 16 for fp8; see the header comment). No sync, no allocation.
+template <typename T, typename C, int kHeadDim>
 void launch_attention_fwd(const AttnParams& p, void* stream) {
   namespace dev = ::fastattn::device;
-  using Cfg = attn_fwd::FwdConfig<kHeadDim>;
+  using Cfg = attn_fwd::FwdConfig<kHeadDim, sizeof(C)>;
   if (p.batch <= 0 || p.num_heads_k <= 0) return;
+  if (Cfg::kFp8 && p.head_dim % Cfg::kVecC != 0) {
+    throw std::invalid_argument("attention_fwd: an fp8 KV cache needs head_dim % 16 == 0; got " +
+                                std::to_string(p.head_dim));
+  }
   // Paged extend still launches with no query token at all: its blocks check the block
   // table (as the CPU does), then return.
   if (p.seqlen_q <= 0 && !p.block_table) return;
@@ -429,7 +499,27 @@ void launch_attention_fwd(const AttnParams& p, void* stream) {
                                         unsigned(p.batch)),
                               dev::dim3(Cfg::kThreads), Cfg::kSmemBytes,
                               static_cast<dev::stream_t>(stream)};
-  dev::launch(attn_fwd::attention_fwd_kernel<T, kHeadDim>, cfg, p);
+  dev::launch(attn_fwd::attention_fwd_kernel<T, C, kHeadDim>, cfg, p);
 }
+
+// Every (T, C) pair of one head dim, for the per-head-dim translation units
+// (attention_fwd_hdim*.cu): fp16/bf16 queries over K/V of their own dtype, or of fp8.
+#define FASTATTN_INSTANTIATE_ATTENTION_FWD(D)                                              \
+  template void launch_attention_fwd<::fastattn::device::half_t, ::fastattn::device::half_t, \
+                                     D>(const AttnParams&, void*);                         \
+  template void launch_attention_fwd<::fastattn::device::bf16_t, ::fastattn::device::bf16_t, \
+                                     D>(const AttnParams&, void*);                         \
+  template void launch_attention_fwd<::fastattn::device::half_t,                           \
+                                     ::fastattn::device::fp8_e4m3_t, D>(const AttnParams&, \
+                                                                        void*);            \
+  template void launch_attention_fwd<::fastattn::device::half_t,                           \
+                                     ::fastattn::device::fp8_e5m2_t, D>(const AttnParams&, \
+                                                                        void*);            \
+  template void launch_attention_fwd<::fastattn::device::bf16_t,                           \
+                                     ::fastattn::device::fp8_e4m3_t, D>(const AttnParams&, \
+                                                                        void*);            \
+  template void launch_attention_fwd<::fastattn::device::bf16_t,                           \
+                                     ::fastattn::device::fp8_e5m2_t, D>(const AttnParams&, \
+                                                                        void*);
 
 }  // namespace fastattn::kernels

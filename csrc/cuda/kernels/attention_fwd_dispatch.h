@@ -1,5 +1,5 @@
 #pragma once
-// dtype x head-dim dispatch of the attention forward, shared by the nvcc build
+// dtype x cache dtype x head-dim dispatch of the attention forward, shared by the nvcc build
 // (csrc/cuda/attention_fwd.cu) and the emulation build (csrc/emu/attention_fwd_emu.cpp).
 // Each build includes this once, in the translation unit that defines
 // fastattn::kernels::attention_fwd; the launchers it names are instantiated from
@@ -16,23 +16,26 @@
 
 namespace fastattn::kernels {
 
-template <typename T, int kHeadDim>
+template <typename T, typename C, int kHeadDim>
 void launch_attention_fwd(const AttnParams& p, void* stream);
 
-template <typename T>
+template <typename T, typename C>
 void dispatch_attention_fwd_head_dim(const AttnParams& p, void* stream) {
   switch (compiled_head_dim(p.head_dim)) {
-    case 64: return launch_attention_fwd<T, 64>(p, stream);
-    case 128: return launch_attention_fwd<T, 128>(p, stream);
-    case 256: return launch_attention_fwd<T, 256>(p, stream);
+    case 64: return launch_attention_fwd<T, C, 64>(p, stream);
+    case 128: return launch_attention_fwd<T, C, 128>(p, stream);
+    case 256: return launch_attention_fwd<T, C, 256>(p, stream);
     default:
       throw std::invalid_argument("attention_fwd: head_dim = " + std::to_string(p.head_dim) +
                                   " is not supported (multiples of 8 up to 256)");
   }
 }
 
-inline void dispatch_attention_fwd(const AttnParams& p, DType dtype, void* stream) {
-  dispatch_dtype(dtype, [&](auto t) { dispatch_attention_fwd_head_dim<decltype(t)>(p, stream); });
+inline void dispatch_attention_fwd(const AttnParams& p, DType dtype, DType kv_dtype,
+                                   void* stream) {
+  dispatch_cache_dtype(dtype, kv_dtype, [&](auto t, auto c) {
+    dispatch_attention_fwd_head_dim<decltype(t), decltype(c)>(p, stream);
+  });
 }
 
 }  // namespace fastattn::kernels

@@ -1,6 +1,6 @@
 #pragma once
 // Helpers shared by the kernel sources: the element types behind kernels::DType, and the
-// error report for index values found out of range on the device.
+// error report for index and scale values found out of range on the device.
 #include <cstdint>
 #include <initializer_list>
 #include <stdexcept>
@@ -32,6 +32,15 @@ FA_DEVICE void check_unread_pages(const AttnParams& p, int b, int first, int end
   if (bad) report_error(p.error_flag, kErrBlockTable);
 }
 
+// The fp8 scale of KV head h (mask.h kv_scale). A scale tensor's values cannot be checked
+// on the host without a sync, so the kernels check the ones they use: a value that is not
+// positive and finite sets `bit` (kErrKScale / kErrVScale). The value is returned as read.
+FA_DEVICE float checked_kv_scale(const KVScale& s, int h, int32_t* flag, int32_t bit) {
+  const float v = kv_scale(s, h);
+  if (!(v > 0.f && v < INFINITY)) report_error(flag, bit);  // NaN fails `v > 0`
+  return v;
+}
+
 // The compiled head dim (64, 128 or 256) that runs head_dim: every multiple of 8 up to
 // 256, zero-padded to the next compiled size; 0 when none does.
 inline int compiled_head_dim(int head_dim) {
@@ -39,26 +48,48 @@ inline int compiled_head_dim(int head_dim) {
   return head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : 256;
 }
 
-// Whether 16-byte accesses of T are allowed: every base pointer 16-byte aligned
-// and every stride (in elements) a multiple of 16 / sizeof(T).
-template <typename T>
-bool vec16_ok(std::initializer_list<const void*> ptrs, std::initializer_list<int64_t> strides) {
-  constexpr int64_t kVec = 16 / sizeof(T);
+// Whether kBytes-wide accesses of T are allowed: every base pointer kBytes-aligned and
+// every stride (in elements) a multiple of kBytes / sizeof(T).
+template <typename T, int kBytes = 16>
+bool vec_ok(std::initializer_list<const void*> ptrs, std::initializer_list<int64_t> strides) {
+  constexpr int64_t kVec = kBytes / sizeof(T);
+  static_assert(kVec >= 1, "accesses of at least one element");
   for (const void* ptr : ptrs)
-    if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return false;
+    if (reinterpret_cast<uintptr_t>(ptr) % kBytes != 0) return false;
   for (int64_t s : strides)
     if (s % kVec != 0) return false;
   return true;
 }
 
-// Calls fn(T{}) with the device element type of dtype.
+template <typename T>
+bool vec16_ok(std::initializer_list<const void*> ptrs, std::initializer_list<int64_t> strides) {
+  return vec_ok<T, 16>(ptrs, strides);
+}
+
+// Calls fn(T{}) with the device element type of dtype (fp16 or bf16).
 template <class Fn>
 void dispatch_dtype(DType dtype, Fn&& fn) {
   switch (dtype) {
     case DType::kFloat16: return fn(dev::half_t{});
     case DType::kBFloat16: return fn(dev::bf16_t{});
+    default: break;
   }
   throw std::invalid_argument("fastattn: unsupported dtype for the CUDA kernels");
+}
+
+// Calls fn(T{}, C{}) with the element type T of dtype and the cache element type C of
+// cache_dtype: T itself, or fp8_e4m3_t / fp8_e5m2_t.
+template <class Fn>
+void dispatch_cache_dtype(DType dtype, DType cache_dtype, Fn&& fn) {
+  dispatch_dtype(dtype, [&](auto t) {
+    if (cache_dtype == dtype) return fn(t, t);
+    switch (cache_dtype) {
+      case DType::kFp8E4M3: return fn(t, dev::fp8_e4m3_t{});
+      case DType::kFp8E5M2: return fn(t, dev::fp8_e5m2_t{});
+      default: break;
+    }
+    throw std::invalid_argument("fastattn: a KV cache holds the dtype of q (or of k) or fp8");
+  });
 }
 
 }  // namespace fastattn::kernels

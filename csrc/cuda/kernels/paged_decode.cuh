@@ -8,9 +8,10 @@
 //      split s). The query heads that share hk (up to kGroup of them) are processed
 //      together, so each K/V row is loaded once for all of them. The split's keys
 //      (a contiguous range of the visible keys) are dealt round-robin to thread groups:
-//      a thread group is kLanes = kHeadDim / 8 lanes that together hold one key row,
-//      8 elements (one uint4) per lane. Each thread group keeps its own online-softmax
-//      state (row_max, row_sum) and acc_o for every packed head in registers; scores are
+//      a thread group is kLanes = kHeadDim / kVec lanes that together hold one key row,
+//      kVec elements (one 16-byte load: 8 of a 16-bit cache, 16 of an fp8 cache) per
+//      lane. Each thread group keeps its own online-softmax state (row_max, row_sum)
+//      and acc_o for every packed head in registers; scores are
 //      lane-partial dot products summed by shuffles inside the group. At the end the
 //      groups of a warp merge by shuffles, the warps merge through shared memory, and
 //      the block writes either the final (out, lse) (num_splits == 1) or a normalised
@@ -28,8 +29,17 @@
 //   decode_merge_kernel: grid ceil(B * Hq / kMergeWarps), one warp per (b, head).
 //
 // Head dims: compiled for kHeadDim in {64, 128, 256}; a runtime D must be a multiple of 8
-// and at most 256, and runs on the smallest kHeadDim >= D; lanes whose 8 elements lie
-// past D load nothing and hold zeros (so D = 40 uses 5 of the 8 lanes of a group).
+// and at most 256, and runs on the smallest kHeadDim >= D; elements past D are never loaded
+// and held as zeros (so D = 40 on a 16-bit cache uses 5 of the 8 lanes of a group).
+//
+// fp8 caches (C = fp8_e4m3_t / fp8_e5m2_t): a lane loads 16 codes at once, twice the
+// keys per load of a 16-bit cache, and widens them in registers (device/fp8.h). The K
+// scale of the block's KV head is folded into q's softmax scale, the V scale into the final
+// normalisation: no dequantized copy exists. Twice the elements per lane doubles q and
+// acc_o per packed head, so fp8 blocks pack at most kDecodeMaxGroupFp8 = 4 query heads
+// (GQA-8 runs as two chunks, the second reading the K/V rows mostly from L2) and keep fewer
+// rows in flight per thread (the same bytes). Scale tensor values are checked on the device
+// (kErrKScale / kErrVScale).
 //
 // Split-KV: num_splits comes from shapes only (decode_num_splits_for), so the launch and
 // its workspace are CUDA-graph capturable. Each sequence divides its own visible key
@@ -53,11 +63,18 @@ namespace fastattn::kernels {
 constexpr int kDecodeWarps = 4;
 constexpr int kDecodeThreads = kDecodeWarps * 32;
 constexpr int kDecodeMaxHeadDim = 256;
-// Elements per lane per key row: one 16-byte load of fp16/bf16.
-constexpr int kDecodeVec = 8;
+// Elements per lane per key row: one 16-byte load of the cache (8 fp16/bf16, 16 fp8).
+template <typename C>
+constexpr int kDecodeVec = 16 / int(sizeof(C));
 // Query heads per block, largest compiled variant: bounds the per-thread registers
-// (q and acc_o are kGroup * 8 floats each). Larger GQA groups are split into chunks.
+// (q and acc_o are kGroup * kVec floats each). Larger GQA groups are split into chunks.
 constexpr int kDecodeMaxGroup = 8;
+constexpr int kDecodeMaxGroupFp8 = 4;
+
+template <typename C>
+constexpr int decode_max_group() {
+  return sizeof(C) == 1 ? kDecodeMaxGroupFp8 : kDecodeMaxGroup;
+}
 // Split-KV heuristic: aim for this many blocks per multiprocessor, never give a split
 // fewer than kDecodeMinSplitKeys keys of the shape's capacity, and cap the partial count.
 constexpr int kDecodeBlocksPerSm = 2;
@@ -65,8 +82,8 @@ constexpr int kDecodeMinSplitKeys = 256;
 constexpr int kDecodeMaxSplits = 64;
 constexpr int kMergeWarps = 4;
 
-// Packed query heads per block: the smallest compiled kGroup >= G (G capped at
-// kDecodeMaxGroup), and the chunks a KV head's query heads are split into.
+// Packed query heads per block: the smallest compiled kGroup >= G (G capped at max_group,
+// decode_max_group<C>()), and the chunks a KV head's query heads are split into.
 struct DecodeHeads {
   int group;            // G = Hq / Hk
   int kernel_group;     // compiled kGroup: 1, 2, 4 or 8
@@ -74,10 +91,10 @@ struct DecodeHeads {
   int heads_per_chunk;  // <= kernel_group; the last chunk may hold fewer
 };
 
-inline DecodeHeads decode_heads(const AttnParams& p) {
+inline DecodeHeads decode_heads(const AttnParams& p, int max_group) {
   DecodeHeads h;
   h.group = p.num_heads_q / p.num_heads_k;
-  h.head_chunks = (h.group + kDecodeMaxGroup - 1) / kDecodeMaxGroup;
+  h.head_chunks = (h.group + max_group - 1) / max_group;
   // Balanced chunks: G = 12 runs as 6 + 6, not 8 + 4.
   h.heads_per_chunk = (h.group + h.head_chunks - 1) / h.head_chunks;
   h.kernel_group = 1;
@@ -86,11 +103,12 @@ inline DecodeHeads decode_heads(const AttnParams& p) {
 }
 
 // Shapes only: batch, KV heads, query heads, the key capacity seqlen_k = max_pages *
-// page_size and the multiprocessor count. Never the values of seq_lens (graph capture).
-inline int decode_num_splits_for(const AttnParams& p, int num_sms) {
+// page_size, the packed-head limit of the cache dtype and the multiprocessor count. Never
+// the values of seq_lens (graph capture).
+inline int decode_num_splits_for(const AttnParams& p, int max_group, int num_sms) {
   if (p.num_heads_k <= 0 || p.num_heads_q < p.num_heads_k) return 1;  // launch rejects it
   const int64_t base_blocks =
-      int64_t(p.batch) * p.num_heads_k * decode_heads(p).head_chunks;
+      int64_t(p.batch) * p.num_heads_k * decode_heads(p, max_group).head_chunks;
   if (base_blocks <= 0) return 1;
   const int64_t target = int64_t(num_sms > 0 ? num_sms : 1) * kDecodeBlocksPerSm;
   int64_t splits = (target + base_blocks - 1) / base_blocks;
@@ -111,8 +129,9 @@ struct DecodeArgs {
   float* ws_out;        // [B, Hq, num_splits, D] or null when num_splits == 1
   float* ws_lse;        // [B, Hq, num_splits]
   int num_splits;
-  DecodeHeads heads;    // decode_heads(p)
-  bool vec16;           // every q/k/v/o pointer and stride allows 16-byte accesses
+  DecodeHeads heads;    // decode_heads(p, decode_max_group<C>())
+  bool vec16;           // q and o allow 16-byte accesses (pointers and strides)
+  bool kv_vec16;        // so do the caches, and D is a multiple of kDecodeVec<C>
 };
 
 // Eight consecutive elements as one uint4: a 16-byte load when the address allows it,
@@ -136,6 +155,40 @@ FA_DEVICE void unpack_vec8(const dev::uint4& r, float* f) {
     const dev::float2 x = dev::unpack2<T>(w[i]);
     f[2 * i] = x.x;
     f[2 * i + 1] = x.y;
+  }
+}
+
+// The kDecodeVec<C> cache elements at src as one uint4: a 16-byte load when vec16, else
+// element by element, the elements at or past n (n <= kVec; n < kVec only on the scalar
+// path, whose D is not a multiple of kVec) zero.
+template <typename C>
+FA_DEVICE dev::uint4 load_kv_vec(const C* src, int n, bool vec16) {
+  if constexpr (dev::is_fp8_v<C>) {
+    if (vec16) return *reinterpret_cast<const dev::uint4*>(src);
+    uint32_t w[4] = {0, 0, 0, 0};
+    FA_UNROLL
+    for (int e = 0; e < 16; ++e) {
+      if (e < n) w[e / 4] |= uint32_t(src[e].bits) << (8 * (e % 4));
+    }
+    return dev::uint4{w[0], w[1], w[2], w[3]};
+  } else {
+    return load_vec8(src, vec16);  // D is a multiple of 8: n is 8
+  }
+}
+
+// The kDecodeVec<C> values of a load_kv_vec, widened to fp32 (exact for every dtype).
+template <typename C>
+FA_DEVICE void unpack_kv_vec(const dev::uint4& r, float* f) {
+  if constexpr (dev::is_fp8_v<C>) {
+    const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+    FA_UNROLL
+    for (int i = 0; i < 8; ++i) {
+      const dev::float2 x = dev::fp8x2_to_float2<C>(uint16_t(w[i / 2] >> (16 * (i % 2))));
+      f[2 * i] = x.x;
+      f[2 * i + 1] = x.y;
+    }
+  } else {
+    unpack_vec8<C>(r, f);
   }
 }
 
@@ -191,18 +244,26 @@ FA_DEVICE DecodeRange decode_range(const AttnParams& p, const SeqBounds& sb, int
   return r;
 }
 
-template <typename T, int kHeadDim, int kGroup>
-FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads)
+// The minimum of kDecodeBlocksPerSm blocks per SM is the occupancy the split heuristic
+// assumes; stated, it also lets ptxas use up to 255 registers. Without it ptxas sometimes
+// chose 168 registers (3 blocks per SM) and spilled (scripts/kernel_report.sh).
+template <typename T, typename C, int kHeadDim, int kGroup>
+FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads, kDecodeBlocksPerSm)
     paged_decode_kernel(const AttnParams p, const DecodeArgs a) {
-  static_assert(kHeadDim % (kDecodeVec * 8) == 0 && kHeadDim <= kDecodeMaxHeadDim,
+  constexpr int kVec = kDecodeVec<C>;                    // elements per lane per row
+  constexpr int kHalves = kVec / 8;                      // 8-element pieces of q and out
+  static_assert(kHeadDim % kVec == 0 && 32 % (kHeadDim / kVec) == 0 &&
+                    kHeadDim <= kDecodeMaxHeadDim,
                 "kHeadDim: 64, 128 or 256");
-  constexpr int kLanes = kHeadDim / kDecodeVec;          // lanes per key row
+  static_assert(kGroup <= decode_max_group<C>(), "packed heads beyond the register budget");
+  constexpr int kLanes = kHeadDim / kVec;                // lanes per key row
   constexpr int kRowsPerWarp = 32 / kLanes;              // key rows per warp per step
   constexpr int kRowsPerBlock = kDecodeWarps * kRowsPerWarp;
   // Rows per thread group per step: their K and V loads are all in flight at once.
   // Eight packed heads already hold 128 floats of q and acc_o per thread, so they get
-  // fewer rows in flight to stay clear of spills.
-  constexpr int kTile = kGroup >= 8 ? 2 : 4;
+  // fewer rows in flight to stay clear of spills; an fp8 row holds twice the elements
+  // per lane, so it gets half the rows (the same bytes in flight).
+  constexpr int kTile = kHalves == 1 ? (kGroup >= 8 ? 2 : 4) : (kGroup >= 4 ? 1 : 2);
   constexpr int kBlockN = kRowsPerBlock * kTile;         // keys per step of the block
 
   // Per-warp partial states, merged across warps after the key loop.
@@ -221,43 +282,58 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads)
 
   const int lane = dev::lane_id();
   const int warp = dev::warp_id();
-  const int c = lane % kLanes;                 // which 8 elements of the row
+  const int c = lane % kLanes;                 // which kVec elements of the row
   const int row_in_block = warp * kRowsPerWarp + lane / kLanes;
-  const bool active = c * kDecodeVec < p.head_dim;
+  const int col0 = c * kVec;
+  // Elements of this lane's kVec that lie inside D (a multiple of 8).
+  int n_cols = p.head_dim - col0;
+  n_cols = n_cols < 0 ? 0 : n_cols > kVec ? kVec : n_cols;
+
+  // fp8: the K scale joins the softmax scale, the V scale the final normalisation.
+  float q_scale = p.softmax_scale;
+  float o_scale = 1.f;
+  if constexpr (dev::is_fp8_v<C>) {
+    int32_t* flag = dev::thread_rank() == 0 ? p.error_flag : nullptr;  // one report a block
+    q_scale *= checked_kv_scale(p.k_scale, hk, flag, kErrKScale);
+    o_scale = checked_kv_scale(p.v_scale, hk, flag, kErrVScale);
+  }
 
   const SeqBounds sb = seq_bounds(p, b);
   const DecodeRange range = decode_range<kBlockN>(p, sb, split, a.num_splits);
 
-  // q, pre-scaled by softmax_scale as the CPU kernel does; zeros past D.
-  float q[kGroup][kDecodeVec];
+  // q, pre-scaled as the CPU kernel does; zeros past D.
+  float q[kGroup][kVec];
   const T* q_base = static_cast<const T*>(p.q);
   FA_UNROLL
   for (int i = 0; i < kGroup; ++i) {
-    const dev::uint4 raw = i < n_heads && active
-                               ? load_vec8(q_base + q_offset(p, sb, b, 0, hq0 + i) +
-                                               c * kDecodeVec, a.vec16)
-                               : dev::uint4{0, 0, 0, 0};
-    unpack_vec8<T>(raw, q[i]);
     FA_UNROLL
-    for (int e = 0; e < kDecodeVec; ++e) q[i][e] *= p.softmax_scale;
+    for (int hv = 0; hv < kHalves; ++hv) {
+      const dev::uint4 raw = i < n_heads && 8 * hv < n_cols
+                                 ? load_vec8(q_base + q_offset(p, sb, b, 0, hq0 + i) + col0 +
+                                                 8 * hv, a.vec16)
+                                 : dev::uint4{0, 0, 0, 0};
+      unpack_vec8<T>(raw, q[i] + 8 * hv);
+    }
+    FA_UNROLL
+    for (int e = 0; e < kVec; ++e) q[i][e] *= q_scale;
   }
 
   OnlineSoftmax state[kGroup];
-  float acc_o[kGroup][kDecodeVec];
+  float acc_o[kGroup][kVec];
   FA_UNROLL
   for (int i = 0; i < kGroup; ++i) {
     state[i].init();
     FA_UNROLL
-    for (int e = 0; e < kDecodeVec; ++e) acc_o[i][e] = 0.f;
+    for (int e = 0; e < kVec; ++e) acc_o[i][e] = 0.f;
   }
 
-  const T* k_base = static_cast<const T*>(p.k);
-  const T* v_base = static_cast<const T*>(p.v);
+  const C* k_base = static_cast<const C*>(p.k);
+  const C* v_base = static_cast<const C*>(p.v);
   const int64_t table_row = int64_t(b) * p.block_table_stride;
 
   for (int n0 = range.begin; n0 < range.end; n0 += kBlockN) {
-    float k_f[kTile][kDecodeVec];
-    float v_f[kTile][kDecodeVec];
+    float k_f[kTile][kVec];
+    float v_f[kTile][kVec];
     bool valid[kTile];
     {
       // Issue every load of the step before using any of them.
@@ -277,17 +353,16 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads)
           }
         }
         k_raw[t] = v_raw[t] = dev::uint4{0, 0, 0, 0};
-        if (valid[t] && active) {
-          const int64_t col = c * kDecodeVec;
-          k_raw[t] = load_vec8(k_base + k_offset(p, sb, b, j, hk) + col, a.vec16);
-          v_raw[t] = load_vec8(v_base + v_offset(p, sb, b, j, hk) + col, a.vec16);
+        if (valid[t] && n_cols > 0) {
+          k_raw[t] = load_kv_vec(k_base + k_offset(p, sb, b, j, hk) + col0, n_cols, a.kv_vec16);
+          v_raw[t] = load_kv_vec(v_base + v_offset(p, sb, b, j, hk) + col0, n_cols, a.kv_vec16);
         }
       }
       // Converted once per row, not once per packed head.
       FA_UNROLL
       for (int t = 0; t < kTile; ++t) {
-        unpack_vec8<T>(k_raw[t], k_f[t]);
-        unpack_vec8<T>(v_raw[t], v_f[t]);
+        unpack_kv_vec<C>(k_raw[t], k_f[t]);
+        unpack_kv_vec<C>(v_raw[t], v_f[t]);
       }
     }
     FA_UNROLL
@@ -299,7 +374,7 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads)
       for (int t = 0; t < kTile; ++t) {
         float dot = 0.f;
         FA_UNROLL
-        for (int e = 0; e < kDecodeVec; ++e) dot += q[i][e] * k_f[t][e];
+        for (int e = 0; e < kVec; ++e) dot += q[i][e] * k_f[t][e];
         // Sum over the row's lanes; xor masks below kLanes stay inside the group.
         FA_UNROLL
         for (int m = kLanes / 2; m >= 1; m /= 2) dot += dev::shfl_xor(dot, m);
@@ -308,14 +383,14 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads)
       }
       const float alpha = state[i].rescale(tile_max);
       FA_UNROLL
-      for (int e = 0; e < kDecodeVec; ++e) acc_o[i][e] *= alpha;
+      for (int e = 0; e < kVec; ++e) acc_o[i][e] *= alpha;
       FA_UNROLL
       for (int t = 0; t < kTile; ++t) {
         // Masked rows give probability 0 and their V registers are zeros: no NaN.
         const float pr = state[i].prob(s[t]);
         state[i].add(pr);
         FA_UNROLL
-        for (int e = 0; e < kDecodeVec; ++e) acc_o[i][e] += pr * v_f[t][e];
+        for (int e = 0; e < kVec; ++e) acc_o[i][e] += pr * v_f[t][e];
       }
     }
   }
@@ -333,7 +408,7 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads)
       const float beta = state[i].prob(other_max);
       state[i].add(beta * other_sum);
       FA_UNROLL
-      for (int e = 0; e < kDecodeVec; ++e) {
+      for (int e = 0; e < kVec; ++e) {
         const float other = dev::shfl_xor(acc_o[i][e], m);
         acc_o[i][e] = acc_o[i][e] * alpha + other * beta;
       }
@@ -346,7 +421,7 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads)
     for (int i = 0; i < kGroup; ++i) {
       if (i >= n_heads) break;
       FA_UNROLL
-      for (int e = 0; e < kDecodeVec; ++e) red_acc[warp][i][c * kDecodeVec + e] = acc_o[i][e];
+      for (int e = 0; e < kVec; ++e) red_acc[warp][i][col0 + e] = acc_o[i][e];
       if (c == 0) {
         red_state[warp][i][0] = state[i].row_max;
         red_state[warp][i][1] = state[i].row_sum;
@@ -355,17 +430,18 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads)
   }
   dev::sync_block();
 
-  // Thread idx finishes columns [8c, 8c + 8) of packed head i: every thread of the block
-  // takes part, heads * kLanes items in all.
-  for (int idx = dev::thread_rank(); idx < n_heads * kLanes; idx += kDecodeThreads) {
-    const int i = idx / kLanes;
-    const int col = (idx % kLanes) * kDecodeVec;
+  // Thread idx finishes columns [8 idx', 8 idx' + 8) of packed head i (8 columns, whatever
+  // the cache dtype): every thread of the block takes part, heads * kHeadDim / 8 items.
+  constexpr int kPieces = kHeadDim / 8;
+  for (int idx = dev::thread_rank(); idx < n_heads * kPieces; idx += kDecodeThreads) {
+    const int i = idx / kPieces;
+    const int col = (idx % kPieces) * 8;
     if (col >= p.head_dim) continue;
     OnlineSoftmax st;
     st.init();
-    float o[kDecodeVec];
+    float o[8];
     FA_UNROLL
-    for (int e = 0; e < kDecodeVec; ++e) o[e] = 0.f;
+    for (int e = 0; e < 8; ++e) o[e] = 0.f;
     FA_UNROLL
     for (int w = 0; w < kDecodeWarps; ++w) {
       const float w_max = red_state[w][i][0];
@@ -373,15 +449,15 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads)
       const float beta = st.prob(w_max);
       st.add(beta * red_state[w][i][1]);
       FA_UNROLL
-      for (int e = 0; e < kDecodeVec; ++e) o[e] = o[e] * alpha + beta * red_acc[w][i][col + e];
+      for (int e = 0; e < 8; ++e) o[e] = o[e] * alpha + beta * red_acc[w][i][col + e];
     }
-    const float inv = st.inv_sum();  // 0 when no key was seen: out 0, lse -inf
+    const float inv = st.inv_sum() * o_scale;  // 0 when no key was seen: out 0, lse -inf
     FA_UNROLL
-    for (int e = 0; e < kDecodeVec; ++e) o[e] *= inv;
+    for (int e = 0; e < 8; ++e) o[e] *= inv;
     const int hq = hq0 + i;
     if (a.num_splits == 1) {
       T* out = static_cast<T*>(p.o) + o_offset(p, sb, b, 0, hq) + col;
-      store_vals<T, kDecodeVec>(out, o, a.vec16);
+      store_vals<T, 8>(out, o, a.vec16);
       if (col == 0 && p.lse) p.lse[lse_offset(p, sb, b, 0, hq)] = st.lse();
     } else {
       const int64_t part = (int64_t(b) * p.num_heads_q + hq) * a.num_splits + split;
@@ -454,40 +530,46 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kMergeWarps * 32)
   if (lane == 0 && p.lse) p.lse[lse_offset(p, sb, b, 0, hq)] = st.lse();
 }
 
-// 16-byte accesses need 16-byte aligned bases and strides that are multiples of 8
-// elements (D itself is a multiple of 8).
-template <typename T>
-bool decode_vectorizable(const AttnParams& p) {
-  return vec16_ok<T>({p.q, p.k, p.v, p.o},
-                     {p.q_batch_stride, p.q_head_stride, p.k_batch_stride, p.k_row_stride,
-                      p.k_head_stride, p.v_batch_stride, p.v_row_stride, p.v_head_stride,
-                      p.o_batch_stride, p.o_head_stride});
+// 16-byte accesses need 16-byte aligned bases and strides that are multiples of 16 bytes
+// (for q and o, D itself is a multiple of 8 elements); the cache's loads also need D to be
+// a multiple of the elements per load.
+template <typename T, typename C>
+void set_decode_vectorizable(const AttnParams& p, DecodeArgs& a) {
+  a.vec16 = vec16_ok<T>({p.q, p.o}, {p.q_batch_stride, p.q_head_stride, p.o_batch_stride,
+                                     p.o_head_stride});
+  a.kv_vec16 = p.head_dim % kDecodeVec<C> == 0 &&
+               vec16_ok<C>({p.k, p.v}, {p.k_batch_stride, p.k_row_stride, p.k_head_stride,
+                                        p.v_batch_stride, p.v_row_stride, p.v_head_stride});
 }
 
-template <typename T, int kHeadDim, int kGroup>
+template <typename T, typename C, int kHeadDim, int kGroup>
 void launch_paged_decode_group(const AttnParams& p, const DecodeArgs& a, void* stream) {
   const dev::LaunchConfig cfg{
       dev::dim3(unsigned(p.batch), unsigned(p.num_heads_k * a.heads.head_chunks),
                 unsigned(a.num_splits)),
       dev::dim3(kDecodeThreads), 0, static_cast<dev::stream_t>(stream)};
-  dev::launch(paged_decode_kernel<T, kHeadDim, kGroup>, cfg, p, a);
+  dev::launch(paged_decode_kernel<T, C, kHeadDim, kGroup>, cfg, p, a);
 }
 
-template <typename T, int kHeadDim>
+template <typename T, typename C, int kHeadDim>
 void launch_paged_decode_dim(const AttnParams& p, const DecodeArgs& a, void* stream) {
   switch (a.heads.kernel_group) {
-    case 1: return launch_paged_decode_group<T, kHeadDim, 1>(p, a, stream);
-    case 2: return launch_paged_decode_group<T, kHeadDim, 2>(p, a, stream);
-    case 4: return launch_paged_decode_group<T, kHeadDim, 4>(p, a, stream);
-    case 8: return launch_paged_decode_group<T, kHeadDim, 8>(p, a, stream);
+    case 1: return launch_paged_decode_group<T, C, kHeadDim, 1>(p, a, stream);
+    case 2: return launch_paged_decode_group<T, C, kHeadDim, 2>(p, a, stream);
+    case 4: return launch_paged_decode_group<T, C, kHeadDim, 4>(p, a, stream);
+    case 8:
+      if constexpr (decode_max_group<C>() >= 8) {
+        return launch_paged_decode_group<T, C, kHeadDim, 8>(p, a, stream);
+      }
+      break;
   }
   throw std::invalid_argument("fastattn paged decode: unsupported packed head count " +
                               std::to_string(a.heads.kernel_group));
 }
 
 // workspace: decode_workspace_floats_for(p, num_splits) floats, or null when
-// num_splits == 1.
-template <typename T>
+// num_splits == 1. C: the cache element type (T, or fp8_e4m3_t / fp8_e5m2_t).
+template <typename T, typename C>
 void launch_paged_decode(const AttnParams& p, float* workspace, int num_splits, void* stream) {
   if (p.batch == 0 || p.num_heads_q == 0) return;
   const int head_dim = compiled_head_dim(p.head_dim);
@@ -514,13 +596,13 @@ void launch_paged_decode(const AttnParams& p, float* workspace, int num_splits, 
   a.ws_lse = num_splits > 1
                  ? workspace + int64_t(p.batch) * p.num_heads_q * num_splits * p.head_dim
                  : nullptr;
-  a.heads = decode_heads(p);
-  a.vec16 = decode_vectorizable<T>(p);
+  a.heads = decode_heads(p, decode_max_group<C>());
+  set_decode_vectorizable<T, C>(p, a);
 
   switch (head_dim) {
-    case 64: launch_paged_decode_dim<T, 64>(p, a, stream); break;
-    case 128: launch_paged_decode_dim<T, 128>(p, a, stream); break;
-    default: launch_paged_decode_dim<T, 256>(p, a, stream); break;
+    case 64: launch_paged_decode_dim<T, C, 64>(p, a, stream); break;
+    case 128: launch_paged_decode_dim<T, C, 128>(p, a, stream); break;
+    default: launch_paged_decode_dim<T, C, 256>(p, a, stream); break;
   }
   if (num_splits > 1) {
     const int64_t rows = int64_t(p.batch) * p.num_heads_q;

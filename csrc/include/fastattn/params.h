@@ -6,10 +6,10 @@
 
 namespace fastattn {
 
-// Bits a CUDA kernel sets in *error_flag when an index value is out of range.
-// Such values cannot be checked on the host without a device sync, so the
-// kernel checks each one before use, never dereferences a bad address, and
-// reports here; the host raises ValueError naming the argument (see
+// Bits a CUDA kernel sets in *error_flag when an index value is out of range (or
+// a scale tensor value is not positive and finite). Such values cannot be checked on
+// the host without a device sync, so the kernel checks each one before use, never
+// dereferences a bad address, and reports here; the host raises ValueError naming the argument (see
 // csrc/ops/kernel_ops.cpp for when).
 enum ErrorBits : int32_t {
   kErrBlockTable = 1 << 0,   // block_table entry outside [0, num_pages) for a used page
@@ -17,6 +17,8 @@ enum ErrorBits : int32_t {
   kErrCuSeqlensQ = 1 << 2,   // cu_seqlens_q not non-decreasing from 0 to Tq, or > max_seqlen_q
   kErrCuSeqlensK = 1 << 3,   // cu_seqlens_k likewise
   kErrSlotMapping = 1 << 4,  // slot_mapping entry >= num_pages * page_size
+  kErrKScale = 1 << 5,       // an fp8 k_scale tensor value that is not positive and finite
+  kErrVScale = 1 << 6,       // likewise v_scale
 };
 
 // Scales of an fp8 KV cache: a stored code reads as float(code) * scale, with
