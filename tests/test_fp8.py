@@ -185,6 +185,24 @@ def test_paged_decode(device, fmt, q_dtype, page_size, scales):
                              k_scale=k_scale, v_scale=v_scale)
 
 
+@pytest.mark.parametrize("head_dim", [7, 40, 100, 256])
+@pytest.mark.parametrize("fmt", FORMATS, ids=fmt_id)
+def test_paged_decode_head_dims(device, fmt, head_dim):
+    """bf16 queries over fp8 pages (on AVX512-BF16 CPUs: codes widened to bf16 by table
+    lookup into the BF16 dot product, the K scale on the sums), at head dims with a masked
+    tail (7, 40, 100) and several full 32-element steps (256); GQA 4, per-head scales."""
+    skip_if_unsupported(device, BF16, head_dim)
+    k_scale, v_scale = SCALES["per-head"]
+    seq_lens = [97, 1, 33]
+    cache = fp8_paged(seq_lens, 2, head_dim, 16, fmt, k_scale, v_scale, device)
+    q = randn(len(seq_lens), 8, head_dim, dtype=BF16, device=device)
+    paged = (cache.k_cache, cache.v_cache, cache.block_table, cache.seq_lens)
+    result = fastattn.paged_attention(q, *paged, k_scale=on_device(k_scale, device),
+                                      v_scale=on_device(v_scale, device), return_lse=True)
+    assert_matches_reference(result, ref_paged_attention, q, *paged, return_lse=True,
+                             k_scale=k_scale, v_scale=v_scale)
+
+
 @pytest.mark.parametrize("head_dim", [40, 48])
 @pytest.mark.parametrize("scales", ["unscaled", "per-head"])
 @pytest.mark.parametrize("page_size", [1, 16])

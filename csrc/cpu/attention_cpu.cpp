@@ -20,8 +20,9 @@
 // bound by how fast the cache streams in, so it reads the cache in place in its
 // dtype (no staging) and prefetches in memory order (csrc/cpu/row_kernels.cpp).
 //
-// fp8 caches (KV = c10::Float8_*; paged ops only): codes are widened exactly, the K scale
-// of the item's KV head is folded into the queries and the V scale into the output.
+// fp8 caches (KV = c10::Float8_*; paged ops only): codes are widened exactly, the V scale is
+// applied to the output and the K scale to the queries (tiles) or the scores (decode, where
+// bf16 queries meet the codes widened to bf16 in the BF16 dot product).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -190,7 +191,7 @@ class AttentionTile {
         k_rows_[j] = k_tile_ + j * k_ld_;
         v_rows_[j] = v_tile_ + j * v_ld_;
       }
-      vec::qk_rows(q, q, nr, 1, k_rows_.data(), 0, 0, n, D, 1.f, sc, n, {});
+      vec::qk_rows(q, q, nr, 1, k_rows_.data(), 0, 0, n, D, 1.f, nullptr, sc, n, {});
       softmax_tile(n0, n, r0, nr, n);
       vec::pv_rows(sc, n, nr, 1, v_rows_.data(), 0, 0, n, D, acc, {});
     }
@@ -305,6 +306,7 @@ class Decode {
     const size_t rows = size_t(per) * group_;
     qf_.resize(rows * D);
     if constexpr (kNativeQ) qn_.resize(rows * D);
+    if constexpr (kIsFp8<KV>) k_scale_.resize(per);
     s_.resize(rows * keys_);
     acc_.resize(rows * D);
     state_.resize(rows);
@@ -360,11 +362,11 @@ class Decode {
       const T* src = q + q_offset(p_, it.s, it.b, 0, h0 + r);
       if constexpr (kNativeQ) std::copy_n(src, D, &qn_[size_t(r) * D]);
       to_float(src, &qf_[size_t(r) * D], D);
-      // fp8: the K scale rides on the fp32 queries (native queries serve bf16 caches only).
-      if constexpr (kIsFp8<KV>)
-        vec::scale(&qf_[size_t(r) * D], kv_scale(p_.k_scale, it.hk0 + r / group_), D);
       state_[r].init();
     }
+    // fp8: the K scale of each head multiplies its scores (the bf16 queries stay exact).
+    if constexpr (kIsFp8<KV>)
+      for (int hk = it.hk0; hk < it.hk1; ++hk) k_scale_[hk - it.hk0] = kv_scale(p_.k_scale, hk);
     std::fill_n(acc_.begin(), size_t(rows) * D, 0.f);
 
     const KeyRange kr = it.keys;
@@ -396,7 +398,8 @@ class Decode {
       nk.rows = k_[cur ^ 1].data();
       nv.rows = v_[cur ^ 1].data();
       vec::qk_rows(qf_.data(), q_native(), group_, it.hk1 - it.hk0, k_[cur].data(),
-                     it.hk0 * khs, khs, n, D, p_.softmax_scale, s_.data(), keys_, nk);
+                   it.hk0 * khs, khs, n, D, p_.softmax_scale,
+                   kIsFp8<KV> ? k_scale_.data() : nullptr, s_.data(), keys_, nk);
       for (int r = 0; r < rows; ++r)
         softmax_row(&s_[size_t(r) * keys_], n, 0, n, p_.softcap, state_[r],
                     &acc_[size_t(r) * D], D);
@@ -430,14 +433,18 @@ class Decode {
   const AttnParams& p_;
   int per_, chunks_, group_, keys_;
   std::vector<float> qf_, s_, acc_;
-  // Queries in the cache dtype, for the bf16 dot product; fp32 reads qf_ itself.
-  static constexpr bool kNativeQ = std::is_same_v<T, c10::BFloat16> && std::is_same_v<KV, T>;
-  const KV* q_native() const {
+  // bf16 queries as given, for the bf16 dot product over bf16 and fp8 caches; fp32 reads qf_
+  // itself; other pairs have none.
+  static constexpr bool kNativeQ =
+      std::is_same_v<T, c10::BFloat16> && (std::is_same_v<KV, T> || kIsFp8<KV>);
+  using NativeQ = std::conditional_t<kIsFp8<KV>, c10::BFloat16, KV>;
+  const NativeQ* q_native() const {
     if constexpr (std::is_same_v<KV, float>) return qf_.data();
     if constexpr (kNativeQ) return qn_.data();
     return nullptr;
   }
   std::vector<T> qn_;
+  std::vector<float> k_scale_;  // fp8: K scale of each head of the item
   std::vector<OnlineSoftmax> state_;
   std::vector<const KV*> k_[2], v_[2];
 };

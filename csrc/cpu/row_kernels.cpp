@@ -7,7 +7,8 @@
 // element: on a CPU core it is bound by how many cache lines are in flight,
 // then by loads per FMA, not by FMAs. Hence:
 //  - No staging copy: bf16/fp16 rows are widened in registers (bf16 Q.K uses the
-//    AVX512-BF16 dot product on the raw rows, with the scale applied to the sums).
+//    AVX512-BF16 dot product on the raw rows, with the scale applied to the sums; fp8 K
+//    rows meet bf16 queries there too, widened to bf16 by table lookup).
 //  - Register blocking: Q.K keeps R rows x T tokens of partial sums and reduces
 //    them together (one 16-way transpose-add instead of R * T horizontal sums);
 //    P.V keeps R rows x C 16-wide column chunks in registers across TP tokens.
@@ -37,6 +38,14 @@ template <typename E>
 float widen(E x) {
   if constexpr (kIsFp8<E>) return fp8_to_float(x);
   return static_cast<float>(x);
+}
+
+// The queries the bf16 dot product reads for a cache of E (qk_rows' q_native).
+template <typename E>
+using NativeQ = std::conditional_t<kIsFp8<E>, c10::BFloat16, E>;
+
+FA_INLINE float head_scale_of(const float* head_scale, int h) {
+  return head_scale ? head_scale[h] : 1.f;
 }
 
 // Issues one prefetch (into L2) per 64 bytes the caller reports consumed,
@@ -98,18 +107,21 @@ class Prefetcher {
 // vectorised by the compiler for each x86 level (see simd.h).
 
 template <typename E>
-FA_MULTIVERSION void qk_generic(const float* q, int group, int heads, const E* const* k, int64_t off, int64_t hs,
-                int n, int D, float scale, float* s, int64_t lds, Prefetcher<E>& pf) {
+FA_MULTIVERSION void qk_generic(const float* q, int group, int heads, const E* const* k,
+                                int64_t off, int64_t hs, int n, int D, float scale,
+                                const float* head_scale, float* s, int64_t lds,
+                                Prefetcher<E>& pf) {
   for (int j = 0; j < n; ++j)
     for (int h = 0; h < heads; ++h) {
       const E* kj = k[j] + off + h * hs;
+      const float sh = scale * head_scale_of(head_scale, h);
       pf.advance(D * int64_t(sizeof(E)));
       for (int r = h * group; r < (h + 1) * group; ++r) {
         const float* qr = q + int64_t(r) * D;
         float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
         for (int d = 0; d < D; ++d) dot += qr[d] * widen(kj[d]);
-        s[r * lds + j] = dot * scale;
+        s[r * lds + j] = dot * sh;
       }
     }
 }
@@ -163,6 +175,39 @@ FA_AVX512 FA_INLINE __m512 load16(const c10::Float8_e4m3fn* p, __mmask16 m) {
   return _mm512_mask_mov_ps(v, nan, _mm512_set1_ps(__builtin_nanf("")));
 }
 
+// fp8 codes to bf16 for the BF16 dot product, exactly (every fp8 value is a bf16 value,
+// subnormals as normals): each 16-bit lane holds a code, and two 64-entry word permutes
+// (vpermi2w, AVX512-BW) look up the bf16 image of its 7-bit magnitude in a 128-entry table
+// held in four registers; the sign bit is moved over. 32 codes in 8 instructions, in
+// memory order.
+template <typename E>
+struct Fp8Bf16Table {
+  alignas(64) uint16_t bits[128];
+  constexpr Fp8Bf16Table() : bits() {
+    for (int c = 0; c < 128; ++c) {
+      const uint32_t f = std::bit_cast<uint32_t>(kFp8Table<E>[c]);
+      bits[c] = uint16_t(f >> 16);  // exact: the low half is zero (NaN: 0x7fc0)
+    }
+  }
+};
+template <typename E>
+inline constexpr Fp8Bf16Table<E> kFp8Bf16 = Fp8Bf16Table<E>();
+
+template <typename E>
+FA_AVX512 FA_INLINE __m512i fp8_to_bf16x32(const E* p, __mmask32 m) {
+  const uint16_t* t = kFp8Bf16<E>.bits;
+  const __m512i x = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m, p));
+  const __m512i lo =
+      _mm512_permutex2var_epi16(_mm512_load_si512(t), x, _mm512_load_si512(t + 32));
+  const __m512i hi =
+      _mm512_permutex2var_epi16(_mm512_load_si512(t + 64), x, _mm512_load_si512(t + 96));
+  const __mmask32 upper = _mm512_test_epi16_mask(x, _mm512_set1_epi16(0x40));
+  const __m512i mag = _mm512_mask_blend_epi16(upper, lo, hi);
+  // mag | (x << 8 & 0x8000): the code's sign bit into the bf16 sign.
+  return _mm512_ternarylogic_epi32(mag, _mm512_slli_epi16(x, 8),
+                                   _mm512_set1_epi16(int16_t(0x8000)), 0xf8);
+}
+
 // Lane i of the result is the sum of the lanes of v[i]: 45 shuffles/adds for 16
 // horizontal sums instead of 16 separate reductions.
 FA_AVX512 FA_INLINE __m512 reduce16(const __m512 (&v)[16]) {
@@ -214,6 +259,14 @@ struct Bf16Dot {
   }
 };
 
+// fp8 codes widened to bf16 (fp8_to_bf16x32) into the BF16 dot product against bf16 queries
+// as given: the products are exact, as for a bf16 cache, and the K scale is applied to the
+// sums (qk_rows' head_scale).
+template <typename E>
+struct Fp8Bf16Dot : Bf16Dot {
+  FA_AVX512 static FA_INLINE KReg load_k(const E* p, Mask m) { return fp8_to_bf16x32(p, m); }
+};
+
 // R query rows against tokens [0, nt) of k, nt <= T (missing tokens repeat the
 // last one and are not stored).
 template <typename P, typename E, int R, int T>
@@ -243,14 +296,15 @@ FA_AVX512 FA_INLINE void qk_block(const typename P::Q* q, const E* const* k, int
 // block before the next block.
 template <typename P, typename E, int R>
 FA_AVX512 void qk_rows_of(const typename P::Q* q, int group, int heads, const E* const* k,
-                          int64_t off, int64_t hs, int n, int D, float scale, float* s,
-                          int64_t lds, Prefetcher<E>& pf) {
+                          int64_t off, int64_t hs, int n, int D, float scale,
+                          const float* head_scale, float* s, int64_t lds, Prefetcher<E>& pf) {
   // R * T partial sums and T key registers fit in the 32 vector registers.
   constexpr int T = R <= 2 ? 8 : R == 3 ? 5 : R == 4 ? 4 : 2;
   for (int j0 = 0; j0 < n; j0 += T)
     for (int h = 0; h < heads; ++h)
       qk_block<P, E, R, T>(q + int64_t(h) * group * D, k + j0, off + h * hs, std::min(T, n - j0),
-                           D, scale, s + int64_t(h) * group * lds + j0, lds, pf);
+                           D, scale * head_scale_of(head_scale, h),
+                           s + int64_t(h) * group * lds + j0, lds, pf);
 }
 
 // acc[r] += sum_j p[r][j] * v_j, same layout and order as qk_rows_of: per block
@@ -300,11 +354,11 @@ FA_INLINE void by_rows(int rows, Fn&& fn) {
 
 template <typename P, typename E>
 FA_AVX512 void qk_avx512(const typename P::Q* q, int group, int heads, const E* const* k,
-                         int64_t off, int64_t hs, int n, int D, float scale, float* s, int64_t lds,
-                         Prefetcher<E>& pf) {
+                         int64_t off, int64_t hs, int n, int D, float scale,
+                         const float* head_scale, float* s, int64_t lds, Prefetcher<E>& pf) {
   by_rows(group, [&](auto R, int r0) {
     qk_rows_of<P, E, decltype(R)::value>(q + int64_t(r0) * D, group, heads, k, off, hs, n, D,
-                                         scale, s + r0 * lds, lds, pf);
+                                         scale, head_scale, s + r0 * lds, lds, pf);
   });
 }
 
@@ -320,20 +374,27 @@ FA_AVX512 void pv_avx512(const float* p, int64_t ldp, int group, int heads, cons
 #endif
 
 template <typename E>
-void qk_rows_impl(const float* q, const E* q_native, int group, int heads, const E* const* k,
-                    int64_t off, int64_t hs, int n, int D, float scale, float* s, int64_t lds,
-                    const RowTile<E>& next) {
+void qk_rows_impl(const float* q, const NativeQ<E>* q_native, int group, int heads,
+                  const E* const* k, int64_t off, int64_t hs, int n, int D, float scale,
+                  const float* head_scale, float* s, int64_t lds, const RowTile<E>& next) {
   Prefetcher<E> pf(next, hs, D);
 #if defined(__x86_64__) && defined(__GNUC__)
   const Isa level = isa();
   if constexpr (std::is_same_v<E, c10::BFloat16>) {
     if (level >= Isa::avx512_bf16)
-      return qk_avx512<Bf16Dot, E>(q_native, group, heads, k, off, hs, n, D, scale, s, lds, pf);
+      return qk_avx512<Bf16Dot, E>(q_native, group, heads, k, off, hs, n, D, scale, head_scale,
+                                   s, lds, pf);
+  }
+  if constexpr (kIsFp8<E>) {
+    if (level >= Isa::avx512_bf16 && q_native)
+      return qk_avx512<Fp8Bf16Dot<E>, E>(q_native, group, heads, k, off, hs, n, D, scale,
+                                         head_scale, s, lds, pf);
   }
   if (level >= Isa::avx512)
-    return qk_avx512<WidenDot<E>, E>(q, group, heads, k, off, hs, n, D, scale, s, lds, pf);
+    return qk_avx512<WidenDot<E>, E>(q, group, heads, k, off, hs, n, D, scale, head_scale, s,
+                                     lds, pf);
 #endif
-  qk_generic(q, group, heads, k, off, hs, n, D, scale, s, lds, pf);
+  qk_generic(q, group, heads, k, off, hs, n, D, scale, head_scale, s, lds, pf);
 }
 
 template <typename E>
@@ -348,12 +409,12 @@ void pv_rows_impl(const float* p, int64_t ldp, int group, int heads, const E* co
 
 }  // namespace
 
-#define FA_ROW_ENTRIES(E)                                                                   \
-  void qk_rows(const float* q, const E* q_native, int group, int heads, const E* const* k,   \
-                 int64_t off, int64_t hs, int n, int D, float scale, float* s, int64_t lds,     \
-                 const RowTile<E>& next) {                                                  \
-    qk_rows_impl(q, q_native, group, heads, k, off, hs, n, D, scale, s, lds, next);          \
-  }                                                                                            \
+#define FA_ROW_ENTRIES(E)                                                                    \
+  void qk_rows(const float* q, const NativeQ<E>* q_native, int group, int heads,               \
+               const E* const* k, int64_t off, int64_t hs, int n, int D, float scale,          \
+               const float* head_scale, float* s, int64_t lds, const RowTile<E>& next) {       \
+    qk_rows_impl(q, q_native, group, heads, k, off, hs, n, D, scale, head_scale, s, lds, next); \
+  }                                                                                             \
   void pv_rows(const float* p, int64_t ldp, int group, int heads, const E* const* v,         \
                  int64_t off, int64_t hs, int n, int D, float* acc, const RowTile<E>& next) { \
     pv_rows_impl(p, ldp, group, heads, v, off, hs, n, D, acc, next);                         \

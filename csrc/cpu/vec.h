@@ -53,10 +53,12 @@ void gemm_pv(const float* p, int64_t ldp, int m, const float* v, int64_t ldv, in
 // place in their dtype E. Token j's
 // values for head h (0-based in the call) are at k[j] + off + h * hs.
 //
-// Row r = h * group + g: s[r * lds + j] = scale * (q[r] . k_j), q [heads * group,
-// D] in fp32 and, q_native, the same rows in dtype E (read by the bf16 dot
-// product only: it may be null for fp16 and fp8). fp8 rows are widened exactly (their
-// scale is the caller's: folded into q and into the output). pv_rows: acc[r] += sum_j p[r * ldp + j] * v_j, acc fp32.
+// Row r = h * group + g: s[r * lds + j] = scale * head_scale[h] * (q[r] . k_j) (head_scale
+// may be null: 1), q [heads * group, D] in fp32 and, q_native, the same rows in bf16 for a
+// bf16 or fp8 cache, in fp32 for an fp32 one (read by the bf16 dot product: may be null
+// otherwise, and for fp8 it is used only when not null). fp8 rows are widened exactly:
+// their K scale comes in head_scale, their V scale is the caller's (on the output).
+// pv_rows: acc[r] += sum_j p[r * ldp + j] * v_j, acc fp32.
 //
 // `next` is the tile the caller reads next (same hs); the kernels prefetch it
 // in memory order as they consume this one.
@@ -70,19 +72,22 @@ struct RowTile {
 
 void qk_rows(const float* q, const float* q_native, int group, int heads,
                const float* const* k, int64_t off, int64_t hs, int n, int D, float scale,
-               float* s, int64_t lds, const RowTile<float>& next);
+               const float* head_scale, float* s, int64_t lds, const RowTile<float>& next);
 void qk_rows(const float* q, const c10::BFloat16* q_native, int group, int heads,
                const c10::BFloat16* const* k, int64_t off, int64_t hs, int n, int D, float scale,
-               float* s, int64_t lds, const RowTile<c10::BFloat16>& next);
+               const float* head_scale, float* s, int64_t lds,
+               const RowTile<c10::BFloat16>& next);
 void qk_rows(const float* q, const c10::Half* q_native, int group, int heads,
                const c10::Half* const* k, int64_t off, int64_t hs, int n, int D, float scale,
-               float* s, int64_t lds, const RowTile<c10::Half>& next);
-void qk_rows(const float* q, const c10::Float8_e4m3fn* q_native, int group, int heads,
+               const float* head_scale, float* s, int64_t lds, const RowTile<c10::Half>& next);
+void qk_rows(const float* q, const c10::BFloat16* q_native, int group, int heads,
                const c10::Float8_e4m3fn* const* k, int64_t off, int64_t hs, int n, int D,
-               float scale, float* s, int64_t lds, const RowTile<c10::Float8_e4m3fn>& next);
-void qk_rows(const float* q, const c10::Float8_e5m2* q_native, int group, int heads,
+               float scale, const float* head_scale, float* s, int64_t lds,
+               const RowTile<c10::Float8_e4m3fn>& next);
+void qk_rows(const float* q, const c10::BFloat16* q_native, int group, int heads,
                const c10::Float8_e5m2* const* k, int64_t off, int64_t hs, int n, int D,
-               float scale, float* s, int64_t lds, const RowTile<c10::Float8_e5m2>& next);
+               float scale, const float* head_scale, float* s, int64_t lds,
+               const RowTile<c10::Float8_e5m2>& next);
 void pv_rows(const float* p, int64_t ldp, int group, int heads, const float* const* v,
                int64_t off, int64_t hs, int n, int D, float* acc, const RowTile<float>& next);
 void pv_rows(const float* p, int64_t ldp, int group, int heads,
