@@ -56,7 +56,11 @@ def test_shipped_kernels_pass():
     kernels = re.search(r"(\d+) kernels x 2 archs", r.stdout)
     assert kernels, out
     assert f"PTX for sm_80: all {kernels.group(1)} kernels are in" in r.stdout, out
-    assert "append_kv_kernel<bf16, 8, 4>" in r.stdout
+    assert "append_kv_kernel<bf16, bf16, 8, 4>" in r.stdout
+    # The fp8 cache variants are compiled and checked like the others.
+    assert "paged_decode_kernel<bf16, cuda_v1::fp8_e4m3_t, 128, 4>" in r.stdout
+    assert "attention_fwd_kernel<fp16, cuda_v1::fp8_e5m2_t, 256>" in r.stdout
+    assert "append_kv_kernel<fp16, cuda_v1::fp8_e4m3_t, 8, 4>" in r.stdout
 
 
 BAD_KERNEL = r"""
