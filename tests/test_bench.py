@@ -81,6 +81,21 @@ def test_several_dtypes_and_suite_selection(tmp_path):
         assert all(r["agrees"] is not False for r in case["results"])
 
 
+def test_distributed_suite(tmp_path):
+    """Opt-in: 2 and 4 gloo ranks against one process, with the communication share; not
+    part of the default set of suites."""
+    doc = run_bench(tmp_path, "distributed", "prefill")
+    assert [c["suite"] for c in doc["cases"]] == ["prefill"]
+    rows = doc["distributed"]
+    assert [r["world"] for r in rows] == [1, 2, 4]
+    assert rows[0]["shape"] == "B2 H2 S48 D32 causal"  # the shape options apply
+    assert all(positive(r["ms"]) for r in rows)
+    assert all(positive(r["comm_ms"]) and 0 < r["comm_share"] and positive(r["speedup"])
+               for r in rows[1:])
+    assert "distributed" not in [c["suite"] for c in run_bench(tmp_path, "--dtype", "float32")
+                                 ["cases"]]
+
+
 def test_kv_dtype_rows(tmp_path):
     """--kv-dtype: a row per cache dtype for the paged suites only; an fp8 case is checked
     against and timed with fastattn over the same values in a cache of q's dtype, counted

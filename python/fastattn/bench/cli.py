@@ -15,6 +15,9 @@ from .plot import plot, require_matplotlib
 from .report import Table, group_skips, write_json
 from .suites import KV_DTYPES, KV_SUITES, SUITES, Case, resolve_shape
 
+# Suites run only when named: `distributed` spawns process groups (fastattn/bench/distributed.py).
+OPT_IN_SUITES = ("distributed",)
+
 
 def _dtype_names() -> str:
     """"float32 (fp32), float16 (fp16, half), ...": each dtype once, with its aliases."""
@@ -32,7 +35,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         epilog="Shape options apply to every selected suite that uses them; unset ones take "
                "the suite's default for the device (see benchmarks/README.md).")
     p.add_argument("suites", nargs="*", metavar="suite",
-                   help=f"suites to run, from {', '.join(SUITES)} (default: all)")
+                   help=f"suites to run, from {', '.join(SUITES + OPT_IN_SUITES)} (default: "
+                        f"all but {', '.join(OPT_IN_SUITES)})")
     p.add_argument("--device", choices=("cpu", "cuda"),
                    help="default: cuda if available, else cpu")
     p.add_argument("--dtype", nargs="+", metavar="DTYPE",
@@ -83,8 +87,9 @@ def _sort_words(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """--dtype takes one or more words, so suites typed after it (`--dtype float32 prefill`,
     the way a newcomer writes it) land in args.dtype: move them to args.suites."""
     dtype_words = args.dtype or []
-    accepted = f"suites: {', '.join(SUITES)}; dtypes, after --dtype: {_dtype_names()}"
-    unknown = [w for w in args.suites + dtype_words if w not in SUITES and w not in DTYPES]
+    names = SUITES + OPT_IN_SUITES
+    accepted = f"suites: {', '.join(names)}; dtypes, after --dtype: {_dtype_names()}"
+    unknown = [w for w in args.suites + dtype_words if w not in names and w not in DTYPES]
     if unknown:
         p.error(f"{', '.join(unknown)}: neither a suite nor a dtype ({accepted})")
     misplaced = [w for w in args.suites if w in DTYPES]
@@ -95,7 +100,7 @@ def _sort_words(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         args.dtype = [w for w in dtype_words if w in DTYPES]
         if not args.dtype:
             p.error(f"--dtype needs at least one dtype ({accepted})")
-        args.suites = args.suites + [w for w in dtype_words if w in SUITES]
+        args.suites = args.suites + [w for w in dtype_words if w in names]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -116,6 +121,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         repeats=max(1, repeats if args.repeats is None else args.repeats),
         min_time_s=min_time if args.min_time is None else args.min_time)
     suites = list(dict.fromkeys(args.suites)) or list(SUITES)
+    run_distributed = "distributed" in suites
+    suites = [s for s in suites if s not in OPT_IN_SUITES]
     kv_dtypes = [KV_DTYPES[name] for name in dict.fromkeys(args.kv_dtype or ["same"])]
     cases = [Case(suite, dtype, resolve_shape(suite, profile, vars(args)), kv_dtype)
              for suite in suites for dtype in dtypes
@@ -140,13 +147,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             warnings.append(message)
             print(message, file=sys.stderr, flush=True)
 
-        table = Table(cases)
-        table.header()
         reports = []
+        if cases:
+            table = Table(cases)
+            table.header()
         for case in cases:
             reports.append(run_case(case, settings, peaks, families, warn))
             for result in reports[-1].results:
                 table.row(result)
+
+    distributed_rows = []
+    if run_distributed:
+        from . import distributed
+
+        distributed_rows = distributed.run(profile, dtypes[0], vars(args))
 
     notes = family_notes + group_skips(reports)
     print("\nfastattn x = fastattn speed / that implementation's speed (> 1: fastattn "
@@ -160,7 +174,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"total {time.perf_counter() - started:.1f} s")
 
     if args.json:
-        write_json(args.json, info, settings, dtypes, peaks, reports, notes)
+        write_json(args.json, info, settings, dtypes, peaks, reports, notes, distributed_rows)
         print(f"wrote {args.json}")
     if args.plot:
         if plot(args.plot, [r for report in reports for r in report.results]):

@@ -75,7 +75,7 @@ def group_skips(reports: Sequence[CaseReport]) -> List[str]:
 
 def write_json(path: str, info: Dict[str, Any], settings: Settings,
                dtypes: Sequence[torch.dtype], peaks: Peaks, reports: Sequence[CaseReport],
-               notes: List[str]) -> None:
+               notes: List[str], distributed: Sequence[Dict[str, Any]] = ()) -> None:
     doc = {
         "machine": info,
         "settings": {**asdict(settings), "dtypes": [dtype_name(d) for d in dtypes]},
@@ -83,6 +83,8 @@ def write_json(path: str, info: Dict[str, Any], settings: Settings,
         "notes": notes,
         "cases": [],
     }
+    if distributed:
+        doc["distributed"] = list(distributed)
     for report in reports:
         case, rows = report.case, report.results
         doc["cases"].append({
