@@ -1,6 +1,7 @@
 #pragma once
 // fp8 KV-cache codes on the CPU (float8_e4m3fn, float8_e5m2, as c10 stores them):
-// exact widening through 256-entry tables, and the quantization of append_kv.
+// exact widening through 256-entry tables; the format's largest value (append_kv's
+// quantization, vec::fp8_quantize, saturates to it).
 #include <c10/util/Float8_e4m3fn.h>
 #include <c10/util/Float8_e5m2.h>
 
@@ -51,18 +52,6 @@ inline constexpr std::array<float, 256> kFp8Table = fp8_table<E>();
 template <typename E>
 inline float fp8_to_float(E x) {
   return kFp8Table<E>[x.x];
-}
-
-// append_kv's rule: code = saturate(round_nearest_even(x / scale)), the division in fp32;
-// beyond the finite range (infinities included) saturates to +-max, NaN stays NaN.
-template <typename E>
-inline E fp8_quantize(float x, float scale) {
-  float y = x / scale;
-  // Comparisons keep NaN as it is; c10's conversion rounds to nearest even, but maps
-  // out-of-range values to NaN (e4m3fn) or inf (e5m2) instead of saturating.
-  if (y > kFp8Max<E>) y = kFp8Max<E>;
-  if (y < -kFp8Max<E>) y = -kFp8Max<E>;
-  return E(y);
 }
 
 }  // namespace fastattn::cpu

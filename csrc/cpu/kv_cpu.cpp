@@ -11,6 +11,7 @@
 
 #include "cpu/cpu_kernels.h"
 #include "cpu/fp8.h"
+#include "cpu/vec.h"
 #include "fastattn/mask.h"
 #include "fastattn/softmax.h"
 
@@ -21,7 +22,7 @@ namespace {
 template <typename T, typename C>
 void store_row(const T* src, C* dst, int n, float scale) {
   if constexpr (kIsFp8<C>) {
-    for (int d = 0; d < n; ++d) dst[d] = fp8_quantize<C>(float(src[d]), scale);
+    vec::fp8_quantize(src, dst, n, scale);
   } else {
     std::copy_n(src, n, dst);
   }

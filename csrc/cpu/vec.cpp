@@ -105,6 +105,74 @@ FA_MULTIVERSION void f16_to_f32(const uint16_t* src, float* dst, int n) {
   }
 }
 
+namespace {
+
+// The codes of n floats, in integer arithmetic on their bits (no dependence on the FP
+// environment's rounding mode) and without branches, so that the loop vectorises. Normals
+// round their mantissa to nearest even (a carry bumps the exponent); below the smallest
+// normal the value is the mantissa shifted to units of the smallest subnormal, rounded
+// the same way (the device's software path, device/fp8.h, is the same rule). Checked
+// vectorised with -fopt-info-vec (GCC 12, x86-64-v4 clone).
+template <typename E>
+FA_MULTIVERSION void quantize_floats(const float* x, uint8_t* dst, int n, float scale) {
+  constexpr bool kE4m3 = std::is_same_v<E, c10::Float8_e4m3fn>;
+  constexpr int kMant = kE4m3 ? 3 : 2, kBias = kE4m3 ? 7 : 15, kDrop = 23 - kMant;
+  constexpr uint32_t kMinNormal = uint32_t(128 - kBias) << 23;
+  for (int i = 0; i < n; ++i) {
+    const float y = x[i] / scale;
+    const uint32_t bits = std::bit_cast<uint32_t>(y);
+    const uint32_t sign = (bits >> 24) & 0x80u;
+    // Saturate first (infinities included), as the rule says; NaN is fixed up below.
+    const float fa = std::fabs(y);
+    const float ay = fa < kFp8Max<E> ? fa : kFp8Max<E>;
+    const uint32_t a = std::bit_cast<uint32_t>(ay);
+    const uint32_t normal = ((a + (1u << (kDrop - 1)) - 1u + ((a >> kDrop) & 1u)) >> kDrop) -
+                            (uint32_t(127 - kBias) << kMant);
+    const uint32_t e = a >> 23;
+    const uint32_t mant = e ? ((a & 0x7fffffu) | 0x800000u) : a;
+    // mant * 2^(e - 150) in units of 2^(1 - bias - kMant); shifts past 25 give 0 like 25
+    // (the clamp also keeps the unused normal lanes' shifts defined).
+    const int sh = 151 - kBias - kMant - int(e ? e : 1u);
+    const uint32_t shift = uint32_t(sh < 1 ? 1 : sh > 25 ? 25 : sh);
+    const uint32_t q = mant >> shift;
+    const uint32_t rem = mant & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+    // Selects, not bool arithmetic: GCC does not vectorise a conversion to bool.
+    const uint32_t sub = q + ((rem > half ? 1u : 0u) | (rem == half ? (q & 1u) : 0u));
+    const uint32_t code = sign | (a >= kMinNormal ? normal : sub);
+    dst[i] = uint8_t(y != y ? 0x7fu : code);
+  }
+}
+
+}  // namespace
+
+template <typename T, typename E>
+void fp8_quantize(const T* src, E* dst, int n, float scale) {
+  uint8_t* out = reinterpret_cast<uint8_t*>(dst);
+  if constexpr (std::is_same_v<T, float>) {
+    quantize_floats<E>(src, out, n, scale);
+  } else {
+    float buf[256];
+    for (int i = 0; i < n; i += 256) {
+      const int m = std::min(256, n - i);
+      if constexpr (std::is_same_v<T, c10::BFloat16>) {
+        bf16_to_f32(reinterpret_cast<const uint16_t*>(src + i), buf, m);
+      } else {
+        f16_to_f32(reinterpret_cast<const uint16_t*>(src + i), buf, m);
+      }
+      quantize_floats<E>(buf, out + i, m, scale);
+    }
+  }
+}
+
+#define FA_QUANTIZE(T, E) template void fp8_quantize<T, E>(const T*, E*, int, float);
+FA_QUANTIZE(float, c10::Float8_e4m3fn)
+FA_QUANTIZE(float, c10::Float8_e5m2)
+FA_QUANTIZE(c10::BFloat16, c10::Float8_e4m3fn)
+FA_QUANTIZE(c10::BFloat16, c10::Float8_e5m2)
+FA_QUANTIZE(c10::Half, c10::Float8_e4m3fn)
+FA_QUANTIZE(c10::Half, c10::Float8_e5m2)
+#undef FA_QUANTIZE
+
 FA_MULTIVERSION void fp8_to_f32(const c10::Float8_e4m3fn* src, float* dst, int n) {
   for (int i = 0; i < n; ++i) dst[i] = fp8_to_float(src[i]);
 }

@@ -33,6 +33,10 @@ void f16_to_f32(const uint16_t* src, float* dst, int n);
 // fp8 codes (cpu/fp8.h), exactly.
 void fp8_to_f32(const c10::Float8_e4m3fn* src, float* dst, int n);
 void fp8_to_f32(const c10::Float8_e5m2* src, float* dst, int n);
+// append_kv's quantization (cpu/fp8.h): dst[i] = saturate(round_nearest_even(src[i] / scale)),
+// the division in fp32; NaN gives NaN (0x7f).
+template <typename T, typename E>
+void fp8_quantize(const T* src, E* dst, int n, float scale);
 
 // GEMMs of the many-rows tiles (tile_gemm.cpp), fp32, AVX-512: callable when
 // has_tile_gemm() (else the caller uses ATen's matmul).
