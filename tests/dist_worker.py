@@ -49,6 +49,9 @@ CASES = {
     "overlap-trace": dict(kind="trace"),
     "ranks-disagree": dict(kind="mismatch"),
     "one-rank-bad-argument": dict(kind="bad_argument"),
+    "holds-tail-disagrees": dict(kind="bad_tail"),
+    "one-rank-bad-early-page": dict(kind="bad_early_page"),
+    "one-rank-runtime-error": dict(kind="runtime_error"),
 }
 
 B, HQ, HK, D = 2, 4, 2, 16
@@ -200,8 +203,68 @@ def run_bad_argument(c, world, rank, seed):
         raise AssertionError("no ValueError")
 
 
+def _small_extend(world, rank):
+    """Sequence 0 (9 keys) split 4 + 5 over ranks 0 and the last; 2 query tokens."""
+    keys = torch.randn(9, 1, 8)
+    last = rank == world - 1
+    part = keys[4:] if last else (keys[:4] if rank == 0 else keys[:0])
+    cache = PagedKV([part], [part], 4, "cpu")
+    return torch.randn(2, 2, 8), cache, torch.tensor([last])
+
+
+def _expect_error(fn, mine: str, others: str, failing: bool):
+    try:
+        fn()
+    except Exception as e:  # the failing rank's own error, or the others' ValueError
+        want = mine if failing else others
+        assert want in f"{type(e).__name__}: {e}", f"{type(e).__name__}: {e}"
+    else:
+        raise AssertionError("no error")
+
+
+def run_bad_tail(c, world, rank, seed):
+    """Two ranks claim the tail of the same sequence: every rank raises ValueError."""
+    q, cache, tail = _small_extend(world, rank)
+    tail = torch.tensor([rank in (0, world - 1)])
+    _expect_error(lambda: fd.sharded_paged_attention(
+        q, cache.k_cache, cache.v_cache, cache.block_table, cache.seq_lens,
+        cu_seqlens_q=cu_seqlens([2]), holds_tail=tail),
+        "ranks hold their tails", "ranks hold their tails", True)
+
+
+def run_bad_early_page(c, world, rank, seed):
+    """Rank 0's keys precede the query tokens (gathered, not read by the paged op): a bad
+    block-table entry there is its ValueError, and the others' ValueError naming rank 0."""
+    q, cache, tail = _small_extend(world, rank)
+    table = cache.block_table.clone()
+    if rank == 0:
+        table[0, 0] = 999
+    _expect_error(lambda: fd.sharded_paged_attention(
+        q, cache.k_cache, cache.v_cache, table, cache.seq_lens, cu_seqlens_q=cu_seqlens([2]),
+        holds_tail=tail), "block_table[0, 0] = 999", "rank(s) [0] failed", rank == 0)
+
+
+def run_runtime_error(c, world, rank, seed):
+    """Any exception in one rank's local work (here a RuntimeError, as a failed allocation
+    or launch would raise) reaches that rank, and the others do not hang."""
+    q, cache, tail = _small_extend(world, rank)
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    real = fd.paged_attention
+    fd.paged_attention = failing if rank == 1 else real
+    try:
+        _expect_error(lambda: fd.sharded_paged_attention(
+            q[:1], cache.k_cache, cache.v_cache, cache.block_table, cache.seq_lens),
+            "RuntimeError: out of memory (simulated)", "rank(s) [1] failed", rank == 1)
+    finally:
+        fd.paged_attention = real
+
+
 RUNNERS = {"ring": run_ring, "varlen": run_varlen, "sharded": run_sharded, "trace": run_trace,
-           "mismatch": run_mismatch, "bad_argument": run_bad_argument}
+           "mismatch": run_mismatch, "bad_argument": run_bad_argument, "bad_tail": run_bad_tail,
+           "bad_early_page": run_bad_early_page, "runtime_error": run_runtime_error}
 
 
 def main(rank, world, port, queue):
@@ -223,7 +286,7 @@ def main(rank, world, port, queue):
 
 
 def nccl_main(rank, world, port, queue):
-    """A ring and a sharded decode on CUDA tensors over NCCL (one GPU per rank)."""
+    """A ring on CUDA tensors over NCCL (one GPU per rank)."""
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.cuda.set_device(rank)

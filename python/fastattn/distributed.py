@@ -3,8 +3,9 @@
 Context parallelism: when one device cannot hold a sequence's context, each rank of a
 process group holds a shard of it and the ranks combine their partial attentions through
 lse merging (the partial results of disjoint key sets, as ``merge_attention_states``
-combines them). Any backend that runs point-to-point and all-gather on the tensors' device
-works: gloo for CPU tensors, NCCL for CUDA tensors.
+combines them). Backends: gloo (or MPI) for CPU tensors, NCCL for CUDA tensors. Each partial
+result comes out of the single-device ops in q's dtype and is merged in fp32, so a row that
+merges m partials is rounded m + 1 times (once per partial, once at the end), not once.
 
 ``ring_attention(q, k, v, *, group=None, causal=True, ...)``
     Context-parallel prefill. q, k, v are this rank's shard ``[B, S_local, H, D]`` of one
@@ -40,7 +41,9 @@ works: gloo for CPU tensors, NCCL for CUDA tensors.
     lengths (``seq_lens``: the keys this rank holds; 0 where it holds none), and every rank
     passes the same queries. Each rank computes its partial (out, lse) with
     ``paged_attention``; one all-gather of them (``W * Tq * Hq * (D + 1)`` fp32 values) and a
-    merge give every rank the full result.
+    merge give every rank the full result. Extend also all-gathers holds_tail with the
+    argument check (exactly one rank must hold each sequence's tail) and reads cu_seqlens_q
+    and this rank's other lengths on the host.
 
     Positions: a rank's keys of a sequence are a contiguous run of its positions. Decode
     (``cu_seqlens_q=None``): the query is the sequence's last position, so every key is
@@ -232,10 +235,6 @@ def _dtype_code(dtype: torch.dtype) -> int:
     return _DTYPES.index(dtype) if dtype in _DTYPES else 99
 
 
-def _device_of(t) -> torch.device:
-    return t.device if isinstance(t, torch.Tensor) else torch.device("cpu")
-
-
 def _check_backend(group, device: torch.device) -> None:
     backend = str(dist.get_backend(group)).lower()
     ok = ("nccl" in backend) if device.type == "cuda" else ("gloo" in backend or "mpi" in backend)
@@ -244,22 +243,34 @@ def _check_backend(group, device: torch.device) -> None:
                          f"{device.type} tensors (gloo for CPU tensors, nccl for CUDA tensors)")
 
 
-def _agree(group, device: torch.device, check) -> List[int]:
-    """Runs this rank's argument checks, check() -> (local length, meta), then one all-gather
-    of every rank's (failed?, local length, *meta). A rank whose checks raised re-raises its
-    error and every other rank raises ValueError naming it, so that no rank is left waiting
-    in a collective; a meta field that differs raises ValueError on every rank. Returns every
-    rank's local length."""
+def _collective_device(group) -> torch.device:
+    """Where the group's collectives take tensors: the current GPU for NCCL, else the CPU."""
+    if "nccl" in str(dist.get_backend(group)).lower():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _agree(group, check, extra: Optional[Sequence[float]] = None) -> List[List[float]]:
+    """Runs this rank's checks (and whatever local work must succeed before any rank goes
+    on), check() -> (local length, meta), then one all-gather of every rank's (failed?, local
+    length, *meta, *extra) on the backend's device. A rank whose check raised (any
+    exception) re-raises it after the gather and every other rank raises ValueError naming
+    it, so that no rank is left waiting in a collective; a meta field that differs raises
+    ValueError on every rank. Returns every rank's [local length, *extra] (extra: a fixed
+    number of values the caller checks itself, e.g. holds_tail)."""
     world = dist.get_world_size(group)
-    error: Optional[Exception] = None
+    error: Optional[BaseException] = None
     local, meta = 0, [0.0] * len(_META_FIELDS)
+    extra_values = [0.0] * (len(extra) if extra is not None else 0)
     try:
         local, meta = check()
         meta = list(meta) + [0.0] * (len(_META_FIELDS) - len(meta))
-    except (ValueError, TypeError, NotImplementedError) as e:
+        if extra is not None:
+            extra_values = [float(x) for x in extra]
+    except Exception as e:  # re-raised below, once every rank knows
         error = e
-    mine = torch.tensor([float(error is not None), float(local), *[float(m) for m in meta]],
-                        dtype=torch.float64, device=device)
+    mine = torch.tensor([float(error is not None), float(local), *[float(m) for m in meta],
+                         *extra_values], dtype=torch.float64, device=_collective_device(group))
     every = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(every, mine, group=group)
     rows = [e.tolist() for e in every]
@@ -268,13 +279,13 @@ def _agree(group, device: torch.device, check) -> List[int]:
     failed = [r for r, row in enumerate(rows) if row[0]]
     if failed:
         raise ValueError(f"the arguments of rank(s) {failed} failed their checks (see the error "
-                         f"raised there); no rank computed anything")
+                         f"raised there); no result was produced")
     for f, name in enumerate(_META_FIELDS):
         values = [row[2 + f] for row in rows]
         if any(v != values[0] and not (math.isnan(v) and math.isnan(values[0])) for v in values):
             raise ValueError(f"ranks disagree on {name}: {values} (rank order); every rank must "
                              f"pass the same shapes and options")
-    return [int(row[1]) for row in rows]
+    return [[row[1], *row[2 + len(_META_FIELDS):]] for row in rows]
 
 
 # ---------------------------------------------------------------------------------------
@@ -335,7 +346,7 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=N
         return S, (B, Hq, Hk, D, _dtype_code(q.dtype), q.device.type == "cuda", causal,
                    opts["wl"], opts["wr"], opts["scale"], opts["cap"], _LAYOUTS.index(layout))
 
-    lengths = _agree(group, _device_of(q), check)
+    lengths = [int(row[0]) for row in _agree(group, check)]
     B, S, Hq, D = q.shape
     Hk = k.shape[2]
     scale, wl, wr, cap = opts["scale"], opts["wl"], opts["wr"], opts["cap"]
@@ -375,7 +386,8 @@ def ring_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                           return_lse: bool = False) -> Out:
     """ring_attention over packed sequences: q [T_local, Hq, D]; k, v [T_local, Hk, D];
     cu_seqlens int32 [B + 1] (this rank's: its shard of sequence b is rows
-    cu_seqlens[b]:cu_seqlens[b+1]). Reads cu_seqlens on the host (one sync). Returns out
+    cu_seqlens[b]:cu_seqlens[b+1]). Reads cu_seqlens on the host, and all-gathers every rank's
+    lengths after the argument check. Returns out
     [T_local, Hq, D] (and lse [T_local, Hq])."""
     opts = {}
 
@@ -404,14 +416,14 @@ def ring_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    causal, opts["wl"], opts["wr"], opts["scale"], opts["cap"],
                    _LAYOUTS.index(layout))
 
-    _agree(group, _device_of(q), check)
+    _agree(group, check)
     T, Hq, D = q.shape
     Hk = k.shape[1]
     scale, wl, wr, cap, bounds = (opts[n] for n in ("scale", "wl", "wr", "cap", "bounds"))
     nseq = len(bounds) - 1
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     local = torch.tensor([b1 - b0 for b0, b1 in zip(bounds, bounds[1:])], dtype=torch.float64,
-                         device=q.device)
+                         device=_collective_device(group))
     every = [torch.empty_like(local) for _ in range(world)]
     dist.all_gather(every, local, group=group)
     lens = [[int(x) for x in e.tolist()] for e in every]  # lens[r][b]
@@ -455,6 +467,42 @@ def ring_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 # sharded_paged_attention
 # ---------------------------------------------------------------------------------------
 
+def _early_keys(q, k_cache, v_cache, block_table, seq_lens, holds_tail, cu_seqlens_q,
+                max_seqlen_q, softmax_scale, softcap):
+    """(out, lse) of the query tokens against this rank's keys of the sequences whose tail
+    another rank holds: they all precede the query tokens, so all are visible. Their lengths
+    and block-table entries are checked here (the paged op saw them as 0)."""
+    early = torch.where(holds_tail, 0, seq_lens)
+    P, page_size = k_cache.shape[:2]
+    width = block_table.shape[1] * page_size
+    lens = early.tolist()
+    for b, n in enumerate(lens):
+        if not 0 <= n <= width:
+            raise ValueError(f"seq_lens: seq_lens[{b}] = {n} is outside [0, max_pages * page_size "
+                             f"= {width}]")
+        pages = block_table[b, :(n + page_size - 1) // page_size]
+        bad = ((pages < 0) | (pages >= P)).nonzero()
+        if bad.numel():
+            col = int(bad[0, 0])
+            raise ValueError(f"block_table: block_table[{b}, {col}] = {int(pages[col])} is "
+                             f"outside [0, num_pages = {P}) and is used by seq_lens[{b}] = {n}")
+    total = sum(lens)
+    if total == 0:
+        return (torch.zeros(q.shape, dtype=q.dtype, device=q.device),
+                torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device))
+    if k_cache.dtype in C.FP8_DTYPES:
+        raise NotImplementedError("k_cache: fp8 caches in sharded extend are supported only on "
+                                  "the rank holding a sequence's tail so far (sharded decode "
+                                  "takes them everywhere)")
+    cu_k = torch.zeros(early.shape[0] + 1, dtype=torch.int32, device=q.device)
+    cu_k[1:] = early.cumsum(0)
+    k = _gather_pages(k_cache, block_table, early, total)
+    v = _gather_pages(v_cache, block_table, early, total)
+    max_q = q.shape[0] if max_seqlen_q is None else max_seqlen_q
+    return attention_varlen(q, k, v, cu_seqlens_q, cu_k, max_q, max(lens), causal=False,
+                            softmax_scale=softmax_scale, softcap=softcap, return_lse=True)
+
+
 def _gather_pages(cache: torch.Tensor, block_table: torch.Tensor, lens: torch.Tensor,
                   total: int) -> torch.Tensor:
     """The first lens[b] keys of each sequence, packed [total, Hk, D] (total = lens.sum())."""
@@ -482,6 +530,7 @@ def sharded_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     rank holds). Every rank returns the full result. See the module docstring."""
     world = dist.get_world_size(group)
     extend = cu_seqlens_q is not None
+    split = extend and causal  # tail sequences masked causally, the others all visible
     partial = {}
 
     def check():
@@ -490,55 +539,60 @@ def sharded_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
                                       "key positions, which sharded_paged_attention does not "
                                       "take; use (-1, -1)")
         lens = seq_lens
-        if extend and causal:
+        if split:
             if holds_tail is None:
                 raise ValueError("holds_tail: extend (cu_seqlens_q given) with causal=True needs "
                                  "holds_tail, bool [B]: which sequences' last positions this "
                                  "rank holds")
+            C.tensor("block_table", block_table, 2, "[B, max_pages]")
             C.index_tensor("holds_tail", holds_tail, torch.bool, (block_table.shape[0],),
                            "[B] (B = block_table.shape[0])", q)
             lens = torch.where(holds_tail, seq_lens, 0)
-        if extend and causal and k_cache.dtype in C.FP8_DTYPES:
-            raise NotImplementedError("k_cache: fp8 caches in sharded extend are not supported "
-                                      "yet (sharded decode is)")
-        # The single-device op checks every tensor and computes this rank's partial.
-        partial["out"], partial["lse"] = paged_attention(
+        # The single-device op checks every tensor and computes this rank's partial; the
+        # whole local computation runs here, before the agreement gather, so that an error
+        # in it reaches every rank.
+        out, lse = paged_attention(
             q, k_cache, v_cache, block_table, lens, cu_seqlens_q=cu_seqlens_q,
             max_seqlen_q=max_seqlen_q, causal=causal, softmax_scale=softmax_scale,
             window_size=window_size, softcap=softcap, return_lse=True, k_scale=k_scale,
             v_scale=v_scale)
+        acc, acc_lse = out.float(), lse.clone()
+        if split:
+            _merge_into(acc, acc_lse, *_early_keys(q, k_cache, v_cache, block_table, seq_lens,
+                                                   holds_tail, cu_seqlens_q, max_seqlen_q,
+                                                   softmax_scale, softcap))
+        partial["acc"], partial["lse"] = acc, acc_lse
         _check_backend(group, q.device)
         scale = C.softmax_scale(softmax_scale, q.shape[-1])
         return 0, (block_table.shape[0], q.shape[-2], k_cache.shape[2], q.shape[-1],
                    _dtype_code(q.dtype), q.device.type == "cuda", causal, -1, -1, scale,
                    float(softcap), 0, q.shape[0])
 
-    _agree(group, _device_of(q), check)
-    out, lse = partial["out"], partial["lse"]
-    acc = out.float()
-    acc_lse = lse.clone()
-    if extend and causal:
-        # The sequences whose tail another rank holds: all of this rank's keys precede their
-        # query tokens, so every one is visible to every query token.
-        early = torch.where(holds_tail, 0, seq_lens)
-        total = int(early.sum())
-        if total > 0:
-            cu_k = torch.zeros(early.shape[0] + 1, dtype=torch.int32, device=q.device)
-            cu_k[1:] = early.cumsum(0)
-            k = _gather_pages(k_cache, block_table, early, total)
-            v = _gather_pages(v_cache, block_table, early, total)
-            max_q = q.shape[0] if max_seqlen_q is None else max_seqlen_q
-            o2, l2 = attention_varlen(q, k, v, cu_seqlens_q, cu_k, max_q, int(early.max()),
-                                      causal=False, softmax_scale=softmax_scale,
-                                      softcap=softcap, return_lse=True)
-            _merge_into(acc, acc_lse, o2, l2)
-    # Every rank's partial, exchanged and merged in fp32.
-    outs = [torch.empty_like(acc) for _ in range(world)]
-    lses = [torch.empty_like(acc_lse) for _ in range(world)]
-    dist.all_gather(outs, acc, group=group)
-    dist.all_gather(lses, acc_lse, group=group)
+    # holds_tail travels with the agreement gather: exactly one rank must hold the tail of
+    # each sequence that has query tokens (none, or two, would mask the query tokens' own
+    # keys wrongly, silently). Its length is B everywhere or the shapes disagree anyway.
+    tails = None
+    if split:
+        B = block_table.shape[0] if isinstance(block_table, torch.Tensor) else 0
+        ok = isinstance(holds_tail, torch.Tensor) and tuple(holds_tail.shape) == (B,)
+        tails = holds_tail.tolist() if ok else [0] * B
+    rows = _agree(group, check, tails)
+    if split:
+        bounds = cu_seqlens_q.tolist()
+        q_lens = [e - a for a, e in zip(bounds, bounds[1:])]
+        owners = [sum(int(row[1 + b]) for row in rows) for b in range(len(q_lens))]
+        wrong = [b for b, n in enumerate(q_lens) if n > 0 and owners[b] != 1]
+        if wrong:
+            raise ValueError(f"holds_tail: sequence(s) {wrong} have query tokens but "
+                             f"{[owners[b] for b in wrong]} ranks hold their tails; exactly one "
+                             f"rank must (the one holding the query tokens' own keys)")
+    acc, acc_lse = partial["acc"], partial["lse"]
+    # Every rank's partial (out widened to fp32, and lse) in one all-gather, merged in fp32.
+    mine = torch.cat([acc, acc_lse.unsqueeze(-1)], dim=-1)
+    every = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(every, mine, group=group)
     res = torch.zeros_like(acc)
     res_lse = torch.full_like(acc_lse, float("-inf"))
-    for o, l in zip(outs, lses):
-        _merge_into(res, res_lse, o, l)
+    for part in every:
+        _merge_into(res, res_lse, part[..., :-1], part[..., -1])
     return _result(res.to(q.dtype), res_lse, return_lse)
