@@ -269,6 +269,7 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(FwdConfig<kHeadDim>::kThreads)
   T* sV = sK + kBlockN * kStride;    // [kBlockN, kStride]
   // fp8 staging [kBlockN, kHeadDim] codes each; for a T cache the tiles land in sK / sV.
   C* stage_k = Cfg::kFp8 ? reinterpret_cast<C*>(sV + kBlockN * kStride) : reinterpret_cast<C*>(sK);
+  static_assert(!Cfg::kFp8 || sizeof(C) == 1, "kStageBytes counts one-byte elements");
   C* stage_v = Cfg::kFp8 ? stage_k + Cfg::kStageBytes : reinterpret_cast<C*>(sV);
   const T* q = static_cast<const T*>(p.q);  // [B, Sq, Hq, D] | [Tq, Hq, D]
   T* o = static_cast<T*>(p.o);              // like q

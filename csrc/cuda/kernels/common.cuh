@@ -33,12 +33,15 @@ FA_DEVICE void check_unread_pages(const AttnParams& p, int b, int first, int end
 }
 
 // The fp8 scale of KV head h (mask.h kv_scale). A scale tensor's values cannot be checked
-// on the host without a sync, so the kernels check the ones they use: a value that is not
-// positive and finite sets `bit` (kErrKScale / kErrVScale). The value is returned as read.
+// on the host without a sync, so the kernels check the ones they use: a tensor value that is
+// not positive and finite sets `bit` (kErrKScale / kErrVScale), the rule the CPU op applies
+// on the host (the Python float is checked there on every device). Returns the scale.
 FA_DEVICE float checked_kv_scale(const KVScale& s, int h, int32_t* flag, int32_t bit) {
-  const float v = kv_scale(s, h);
-  if (!(v > 0.f && v < INFINITY)) report_error(flag, bit);  // NaN fails `v > 0`
-  return v;
+  if (s.tensor) {
+    const float t = s.tensor[int64_t(h) * s.stride];
+    if (!(t > 0.f && t < INFINITY)) report_error(flag, bit);  // NaN fails `t > 0`
+  }
+  return kv_scale(s, h);
 }
 
 // The compiled head dim (64, 128 or 256) that runs head_dim: every multiple of 8 up to

@@ -132,6 +132,7 @@ struct DecodeArgs {
   DecodeHeads heads;    // decode_heads(p, decode_max_group<C>())
   bool vec16;           // q and o allow 16-byte accesses (pointers and strides)
   bool kv_vec16;        // so do the caches, and D is a multiple of kDecodeVec<C>
+  bool kv_vec8;         // fp8 caches: 8-byte accesses allowed (D % 8 == 0 always)
 };
 
 // Eight consecutive elements as one uint4: a 16-byte load when the address allows it,
@@ -158,13 +159,20 @@ FA_DEVICE void unpack_vec8(const dev::uint4& r, float* f) {
   }
 }
 
-// The kDecodeVec<C> cache elements at src as one uint4: a 16-byte load when vec16, else
-// element by element, the elements at or past n (n <= kVec; n < kVec only on the scalar
-// path, whose D is not a multiple of kVec) zero.
+// The kDecodeVec<C> cache elements at src as one uint4: a 16-byte load when vec16; for fp8
+// with vec8 (rows 8-byte aligned, D % 16 == 8), one or two 8-byte loads; else element by
+// element. Elements at or past n (n <= kVec, a multiple of 8) are zero.
 template <typename C>
-FA_DEVICE dev::uint4 load_kv_vec(const C* src, int n, bool vec16) {
+FA_DEVICE dev::uint4 load_kv_vec(const C* src, [[maybe_unused]] int n, bool vec16,
+                                  [[maybe_unused]] bool vec8) {
   if constexpr (dev::is_fp8_v<C>) {
     if (vec16) return *reinterpret_cast<const dev::uint4*>(src);
+    if (vec8) {
+      const dev::uint2 lo = *reinterpret_cast<const dev::uint2*>(src);
+      const dev::uint2 hi = n > 8 ? *reinterpret_cast<const dev::uint2*>(src + 8)
+                                  : dev::uint2{0, 0};
+      return dev::uint4{lo.x, lo.y, hi.x, hi.y};
+    }
     uint32_t w[4] = {0, 0, 0, 0};
     FA_UNROLL
     for (int e = 0; e < 16; ++e) {
@@ -245,8 +253,9 @@ FA_DEVICE DecodeRange decode_range(const AttnParams& p, const SeqBounds& sb, int
 }
 
 // The minimum of kDecodeBlocksPerSm blocks per SM is the occupancy the split heuristic
-// assumes; stated, it also lets ptxas use up to 255 registers. Without it ptxas sometimes
-// chose 168 registers (3 blocks per SM) and spilled (scripts/kernel_report.sh).
+// assumes. It does not change the register cap (255 either way), but ptxas allocates
+// differently with it: without it ptxas chose 168 registers for several variants and spilled
+// (nvcc 13.0, sm_90a; scripts/kernel_report.sh), with it none spills.
 template <typename T, typename C, int kHeadDim, int kGroup>
 FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads, kDecodeBlocksPerSm)
     paged_decode_kernel(const AttnParams p, const DecodeArgs a) {
@@ -261,8 +270,11 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads, kDecodeBlocksPerSm)
   constexpr int kRowsPerBlock = kDecodeWarps * kRowsPerWarp;
   // Rows per thread group per step: their K and V loads are all in flight at once.
   // Eight packed heads already hold 128 floats of q and acc_o per thread, so they get
-  // fewer rows in flight to stay clear of spills; an fp8 row holds twice the elements
-  // per lane, so it gets half the rows (the same bytes in flight).
+  // fewer rows in flight to stay clear of spills. An fp8 row holds twice the elements per
+  // lane (the same registers as two 16-bit rows), so it gets half the rows: the same
+  // registers, half the bytes in flight per thread (a quarter at four packed heads).
+  // Unmeasured on a GPU. Two rows at four packed heads compile without spills but at 244-250
+  // registers, too close to the cap to keep.
   constexpr int kTile = kHalves == 1 ? (kGroup >= 8 ? 2 : 4) : (kGroup >= 4 ? 1 : 2);
   constexpr int kBlockN = kRowsPerBlock * kTile;         // keys per step of the block
 
@@ -354,8 +366,10 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads, kDecodeBlocksPerSm)
         }
         k_raw[t] = v_raw[t] = dev::uint4{0, 0, 0, 0};
         if (valid[t] && n_cols > 0) {
-          k_raw[t] = load_kv_vec(k_base + k_offset(p, sb, b, j, hk) + col0, n_cols, a.kv_vec16);
-          v_raw[t] = load_kv_vec(v_base + v_offset(p, sb, b, j, hk) + col0, n_cols, a.kv_vec16);
+          k_raw[t] = load_kv_vec(k_base + k_offset(p, sb, b, j, hk) + col0, n_cols, a.kv_vec16,
+                                 a.kv_vec8);
+          v_raw[t] = load_kv_vec(v_base + v_offset(p, sb, b, j, hk) + col0, n_cols, a.kv_vec16,
+                                 a.kv_vec8);
         }
       }
       // Converted once per row, not once per packed head.
@@ -539,6 +553,9 @@ void set_decode_vectorizable(const AttnParams& p, DecodeArgs& a) {
                                      p.o_head_stride});
   a.kv_vec16 = p.head_dim % kDecodeVec<C> == 0 &&
                vec16_ok<C>({p.k, p.v}, {p.k_batch_stride, p.k_row_stride, p.k_head_stride,
+                                        p.v_batch_stride, p.v_row_stride, p.v_head_stride});
+  a.kv_vec8 = dev::is_fp8_v<C> &&
+              vec_ok<C, 8>({p.k, p.v}, {p.k_batch_stride, p.k_row_stride, p.k_head_stride,
                                         p.v_batch_stride, p.v_row_stride, p.v_head_stride});
 }
 
