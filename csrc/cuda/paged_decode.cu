@@ -18,8 +18,7 @@ extern template void launch_paged_decode<dev::bf16_t, dev::fp8_e5m2_t>(
     const AttnParams&, float*, int, void*);
 
 int decode_num_splits(const AttnParams& p, DType kv_dtype, int num_sms) {
-  const bool fp8 = kv_dtype == DType::kFp8E4M3 || kv_dtype == DType::kFp8E5M2;
-  return decode_num_splits_for(p, fp8 ? kDecodeMaxGroupFp8 : kDecodeMaxGroup, num_sms);
+  return decode_num_splits_for(p, decode_max_group(is_fp8(kv_dtype)), num_sms);
 }
 
 int64_t decode_workspace_floats(const AttnParams& p, int num_splits) {

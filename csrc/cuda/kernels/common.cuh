@@ -80,6 +80,8 @@ void dispatch_dtype(DType dtype, Fn&& fn) {
   throw std::invalid_argument("fastattn: unsupported dtype for the CUDA kernels");
 }
 
+constexpr bool is_fp8(DType d) { return d == DType::kFp8E4M3 || d == DType::kFp8E5M2; }
+
 // Calls fn(T{}, C{}) with the element type T of dtype and the cache element type C of
 // cache_dtype: T itself, or fp8_e4m3_t / fp8_e5m2_t.
 template <class Fn>

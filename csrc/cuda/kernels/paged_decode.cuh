@@ -38,8 +38,8 @@
 // normalisation: no dequantized copy exists. Twice the elements per lane doubles q and
 // acc_o per packed head, so fp8 blocks pack at most kDecodeMaxGroupFp8 = 4 query heads
 // (GQA-8 runs as two chunks, the second reading the K/V rows mostly from L2) and keep fewer
-// rows in flight per thread (the same bytes). Scale tensor values are checked on the device
-// (kErrKScale / kErrVScale).
+// rows in flight per thread (the same registers, half or a quarter of the bytes; see kTile).
+// Scale tensor values are checked on the device (kErrKScale / kErrVScale).
 //
 // Split-KV: num_splits comes from shapes only (decode_num_splits_for), so the launch and
 // its workspace are CUDA-graph capturable. Each sequence divides its own visible key
@@ -71,9 +71,12 @@ constexpr int kDecodeVec = 16 / int(sizeof(C));
 constexpr int kDecodeMaxGroup = 8;
 constexpr int kDecodeMaxGroupFp8 = 4;
 
+constexpr int decode_max_group(bool fp8_cache) {
+  return fp8_cache ? kDecodeMaxGroupFp8 : kDecodeMaxGroup;
+}
 template <typename C>
 constexpr int decode_max_group() {
-  return sizeof(C) == 1 ? kDecodeMaxGroupFp8 : kDecodeMaxGroup;
+  return decode_max_group(dev::is_fp8_v<C>);
 }
 // Split-KV heuristic: aim for this many blocks per multiprocessor, never give a split
 // fewer than kDecodeMinSplitKeys keys of the shape's capacity, and cap the partial count.
