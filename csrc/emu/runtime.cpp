@@ -167,7 +167,15 @@ void shuffle(std::vector<T>& v, Rng& rng) {
   for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[rng.below(unsigned(i))]);
 }
 
-enum class State : uint8_t { kReady, kAtBarrier, kAtCollective, kExited };
+enum class State : uint8_t {
+  kReady,
+  kAtBarrier,     // sync_block
+  kAtCollective,  // a warp collective
+  kAtGroup,       // a warpgroup collective
+  kAtMbarrier,    // mbarrier_wait_parity
+  kAtNamed,       // bar.sync with an id
+  kExited
+};
 
 // The ready fibers of a block: a bitset for the lowest/highest, a dense array for a
 // uniformly random one.
@@ -268,6 +276,67 @@ struct Fiber : ThreadContext {
   void* asan_fake_stack = nullptr;
   std::vector<Copy> open_group;            // issued, not yet committed
   std::deque<std::vector<Copy>> groups;    // committed, oldest first; landed copies removed
+  const void* wait_bar = nullptr;          // kAtMbarrier: the barrier and parity waited for
+  unsigned wait_parity = 0;
+  unsigned named_id = 0;                   // kAtNamed: the barrier id
+};
+
+void destroy(AsyncOp& op) {
+  if (op.destroy) op.destroy(op.payload);
+  op = AsyncOp{nullptr, nullptr, nullptr};
+}
+
+// Four consecutive warps. wgmma operations are queued here between issue and landing.
+struct Warpgroup {
+  unsigned nthreads = 0;
+  unsigned arrived = 0;  // threads waiting at the current warpgroup collective
+  unsigned exited = 0;
+  CollectiveFn fn = nullptr;
+  const char* name = nullptr;
+  const void* operands[128];
+  void* results[128];
+  bool fenced = false;                        // wgmma.fence since the last wait_group
+  std::vector<AsyncOp> open;                  // issued, not committed
+  std::deque<std::vector<AsyncOp>> groups;    // committed, oldest first
+  unsigned maxnreg = 0;                       // last setmaxnreg value; 0: none yet
+
+  bool pending() const { return !open.empty() || !groups.empty(); }
+  void reset(unsigned n) {
+    nthreads = n;
+    arrived = exited = 0;
+    fn = nullptr;
+    name = nullptr;
+    fenced = false;
+    discard();
+    maxnreg = 0;
+  }
+  void discard() {
+    for (auto& op : open) destroy(op);
+    open.clear();
+    for (auto& g : groups) {
+      for (auto& op : g) destroy(op);
+    }
+    groups.clear();
+  }
+};
+
+struct MBarrier {
+  const void* addr;
+  unsigned expected;  // arrivals per phase
+  unsigned pending;   // arrivals still missing in the current phase
+  int64_t tx;         // tx-count of the current phase (may dip below 0 until expect_tx)
+  uint64_t phase;     // number of completed phases
+};
+
+struct BulkCopy {
+  const void* bar;
+  unsigned bytes;
+  AsyncOp op;
+};
+
+struct NamedBarrier {
+  unsigned count = 0;    // threads expected in the current phase (from its first arrival)
+  unsigned arrived = 0;
 };
 
 struct Warp {
@@ -286,7 +355,14 @@ struct SmemAlloc {
   unsigned char* ptr;
   size_t size;
   size_t align;
+  uint32_t shared;  // its address in the block's shared window (what cvta.to.shared gives)
 };
+
+// Every allocation starts on a 1024-byte boundary both in host memory and in the emulated
+// shared window, so a pointer's low 10 bits are those of its shared address: alignment a
+// kernel computes on generic pointers (up to the 1024-byte period of the 128-byte swizzle)
+// holds for the shared addresses that wgmma and TMA swizzle.
+constexpr size_t kSmemAlign = 1024;
 
 struct LaunchState {
   dim3 grid, block;
@@ -366,6 +442,10 @@ struct Block {
   StackArena stacks;
   std::unique_ptr<Fiber[]> fibers;  // never moved: a ucontext_t may point into itself
   std::vector<Warp> warps;
+  std::vector<Warpgroup> warpgroups;
+  std::vector<MBarrier> mbarriers;
+  std::vector<BulkCopy> bulk_copies;  // in flight, in issue order
+  NamedBarrier named[16];
   ReadySet ready;
 
   uint3 block_idx{0, 0, 0};
@@ -374,6 +454,7 @@ struct Block {
   Rng rng{0};
   std::vector<SmemAlloc> smem;  // smem[0]: dynamic shared memory
   size_t smem_total = 0;
+  size_t smem_window = 0;       // end of the last allocation in the shared window
 
   Context sched;
   void* sched_fake_stack = nullptr;
@@ -389,7 +470,8 @@ struct Block {
         nthreads(l.nthreads),
         stacks(l.nthreads, default_stack_bytes()),
         fibers(new Fiber[l.nthreads]),
-        warps((l.nthreads + 31) / 32) {
+        warps((l.nthreads + 31) / 32),
+        warpgroups((l.nthreads + 127) / 128) {
     for (unsigned i = 0; i < nthreads; ++i) {
       Fiber& f = fibers[i];
       f.block = this;
@@ -407,18 +489,32 @@ struct Block {
     }
   }
 
-  ~Block() { free_smem(); }
+  ~Block() {
+    discard_async();
+    free_smem();
+  }
+
+  // Operations of a block abandoned after an error (or checked for at its end).
+  void discard_async() {
+    for (auto& wg : warpgroups) wg.discard();
+    for (auto& c : bulk_copies) destroy(c.op);
+    bulk_copies.clear();
+  }
 
   void free_smem() {
     for (auto& a : smem) ::operator delete(a.ptr, std::align_val_t(a.align));
     smem.clear();
     smem_total = 0;
+    smem_window = 0;
   }
 
   unsigned char* alloc_smem(const void* key, size_t size, size_t align) {
+    align = std::max(align, kSmemAlign);
     auto* p = static_cast<unsigned char*>(::operator new(size, std::align_val_t(align)));
     std::memset(p, 0xff, size);
-    smem.push_back({key, p, size, align});
+    const size_t at = (smem_window + align - 1) / align * align;
+    smem.push_back({key, p, size, align, uint32_t(at)});
+    smem_window = at + size;
     smem_total += size;
     return p;
   }
@@ -438,7 +534,15 @@ struct Block {
       w.fn = nullptr;
       w.name = nullptr;
     }
-    alloc_smem(nullptr, launch.smem_bytes, 128);
+    for (size_t g = 0; g < warpgroups.size(); ++g) {
+      warpgroups[g].reset(std::min(128u, nthreads - unsigned(g) * 128));
+    }
+    mbarriers.clear();
+    discard_async();
+    for (auto& nb : named) nb = NamedBarrier{};
+    // 1024-byte alignment: the period of the 128-byte swizzle pattern, which wgmma and TMA
+    // compute from address bits (GPU kernels align their swizzled tiles the same way).
+    alloc_smem(nullptr, launch.smem_bytes, kSmemAlign);
 
     ready.reset(nthreads);
     for (unsigned i = 0; i < nthreads; ++i) {
@@ -457,7 +561,19 @@ struct Block {
     }
 
     schedule_loop();
+    if (!failed && !bulk_copies.empty()) {
+      set_error(nullptr, format_count("%zu bulk asynchronous copies (TMA) still in flight when "
+                                      "the block ended: no mbarrier wait covered them",
+                                      bulk_copies.size()));
+    }
+    discard_async();
     free_smem();
+  }
+
+  static std::string format_count(const char* fmt, size_t n) {
+    char buf[256];
+    std::snprintf(buf, sizeof buf, fmt, n);
+    return buf;
   }
 
   void set_state(Fiber& f, State s) {
@@ -471,8 +587,16 @@ struct Block {
     }
   }
 
+  bool land_stalled_copy();
+
   void schedule_loop() {
-    while (!ready.empty()) {
+    for (;;) {
+      if (ready.empty()) {
+        // As late as allowed: a bulk copy lands when no thread could run without it.
+        if (exited == nthreads || !land_stalled_copy()) break;
+        if (failed) return;
+        continue;
+      }
       unsigned next;
       switch (schedule.order) {
         case Order::kForward: next = ready.lowest(); break;
@@ -516,21 +640,58 @@ struct Block {
   }
 
   void report_deadlock() {
-    unsigned at_barrier = 0, at_collective = 0;
+    unsigned at_barrier = 0, at_collective = 0, at_group = 0, at_mbar = 0, at_named = 0;
     const char* collective = nullptr;
+    const char* group = nullptr;
+    const Fiber* mbar_waiter = nullptr;
+    const Fiber* named_waiter = nullptr;
     for (unsigned i = 0; i < nthreads; ++i) {
-      if (fibers[i].state == State::kAtBarrier) ++at_barrier;
-      if (fibers[i].state == State::kAtCollective) {
-        ++at_collective;
-        if (!collective) collective = warps[fibers[i].warp].name;
+      const Fiber& f = fibers[i];
+      switch (f.state) {
+        case State::kAtBarrier: ++at_barrier; break;
+        case State::kAtCollective:
+          ++at_collective;
+          if (!collective) collective = warps[f.warp].name;
+          break;
+        case State::kAtGroup:
+          ++at_group;
+          if (!group) group = warpgroups[f.warp / 4].name;
+          break;
+        case State::kAtMbarrier:
+          ++at_mbar;
+          if (!mbar_waiter) mbar_waiter = &f;
+          break;
+        case State::kAtNamed:
+          ++at_named;
+          if (!named_waiter) named_waiter = &f;
+          break;
+        default: break;
       }
     }
-    char buf[256];
-    std::snprintf(buf, sizeof buf,
-                  "deadlock: no thread can run (%u at sync_block, %u at warp collectives%s%s, "
-                  "%u exited)",
-                  at_barrier, at_collective, collective ? " e.g. " : "",
-                  collective ? collective : "", exited);
+    char buf[768];
+    int n = std::snprintf(buf, sizeof buf,
+                          "deadlock: no thread can run (%u at sync_block, %u at warp collectives"
+                          "%s%s, %u at warpgroup collectives%s%s, %u at mbarrier waits, %u at "
+                          "named barriers, %u exited)",
+                          at_barrier, at_collective, collective ? " e.g. " : "",
+                          collective ? collective : "", at_group, group ? " e.g. " : "",
+                          group ? group : "", at_mbar, at_named, exited);
+    if (mbar_waiter && n > 0 && size_t(n) < sizeof buf) {
+      for (const MBarrier& m : mbarriers) {
+        if (m.addr != mbar_waiter->wait_bar) continue;
+        n += std::snprintf(buf + n, sizeof buf - n,
+                           "; thread %u waits for parity %u of mbarrier %p: phase %llu, %u of "
+                           "%u arrivals pending, tx-count %lld (no copy in flight)",
+                           mbar_waiter->linear_tid, mbar_waiter->wait_parity, m.addr,
+                           (unsigned long long)m.phase, m.pending, m.expected, (long long)m.tx);
+      }
+    }
+    if (named_waiter && n > 0 && size_t(n) < sizeof buf) {
+      const NamedBarrier& nb = named[named_waiter->named_id];
+      std::snprintf(buf + n, sizeof buf - n,
+                    "; thread %u waits at named barrier %u: %u of %u threads arrived",
+                    named_waiter->linear_tid, named_waiter->named_id, nb.arrived, nb.count);
+    }
     set_error(nullptr, buf);
   }
 };
@@ -582,6 +743,9 @@ void land_all(Fiber* f) {
   f->groups.clear();
 }
 
+void land_bulk_copy(Block& b, size_t i);
+void land_oldest_wgmma(Warpgroup& wg);
+
 // AsyncTiming::kRandom: each pending copy of this thread lands here with probability 1/2.
 void maybe_land(Fiber* f) {
   Block* b = f->block;
@@ -599,6 +763,20 @@ void maybe_land(Fiber* f) {
   };
   sweep(f->open_group);
   for (auto& g : f->groups) sweep(g);
+  // Bulk copies: each lands with probability 1/2 (no order between copies is guaranteed).
+  for (size_t i = 0; i < b->bulk_copies.size();) {
+    if (b->rng.coin()) {
+      land_bulk_copy(*b, i);
+    } else {
+      ++i;
+    }
+  }
+  // The warpgroup's wgmma operations land in issue order: each further one with
+  // probability 1/2.
+  if (f->warp / 4 < b->warpgroups.size()) {
+    Warpgroup& wg = b->warpgroups[f->warp / 4];
+    while (wg.pending() && b->rng.coin()) land_oldest_wgmma(wg);
+  }
 }
 
 void fiber_exit(Fiber* f) {
@@ -617,6 +795,19 @@ void fiber_exit(Fiber* f) {
     abort_fiber(f, format("thread exited while %u lane(s) of its warp wait at %s; the "
                           "collective can never complete",
                           w.arrived, w.name));
+  }
+  if (f->warp / 4 < b->warpgroups.size()) {
+    Warpgroup& wg = b->warpgroups[f->warp / 4];
+    ++wg.exited;
+    if (wg.arrived > 0) {
+      abort_fiber(f, format("thread exited while %u thread(s) of its warpgroup wait at %s; the "
+                            "collective can never complete",
+                            wg.arrived, wg.name));
+    }
+    if (wg.pending()) {
+      abort_fiber(f, "thread exited with wgmma operations of its warpgroup in flight (no "
+                     "wgmma.wait_group covered them); the accumulator registers are gone");
+    }
   }
   yield(f, /*finished=*/true);
   std::abort();  // never resumed
@@ -804,6 +995,27 @@ void cp_async_wait(unsigned n) {
 
 bool is_shared(const void* p, size_t bytes) { return in_smem(*current_fiber()->block, p, bytes); }
 
+uint32_t shared_address(const void* p) {
+  Fiber* f = current_fiber();
+  const auto* q = static_cast<const unsigned char*>(p);
+  for (const auto& a : f->block->smem) {
+    if (q >= a.ptr && q <= a.ptr + a.size) return a.shared + uint32_t(q - a.ptr);
+  }
+  abort_fiber(f, format("cvta.to.shared: %p is not in the block's shared memory", p));
+}
+
+void* shared_pointer(uint32_t addr, size_t bytes, const char* what) {
+  Fiber* f = current_fiber();
+  for (const auto& a : f->block->smem) {
+    if (addr >= a.shared && bytes <= a.size && addr - a.shared <= a.size - bytes) {
+      return a.ptr + (addr - a.shared);
+    }
+  }
+  abort_fiber(f, format("%s: shared address 0x%x (%zu bytes) is outside the block's shared "
+                        "memory allocations",
+                        what, addr, bytes));
+}
+
 void* dynamic_smem() { return current_fiber()->block->smem.at(0).ptr; }
 
 void* static_smem(const void* key, size_t size, size_t align) {
@@ -812,12 +1024,340 @@ void* static_smem(const void* key, size_t size, size_t align) {
   for (size_t i = 1; i < b.smem.size(); ++i) {
     if (b.smem[i].key == key) return b.smem[i].ptr;
   }
-  if (b.smem_total + size > kMaxSharedBytes) {
+  if (b.smem_total + size > kMaxSharedBytes || b.smem_window + size + kSmemAlign > (1u << 18)) {
     abort_fiber(f, format("shared memory exhausted: %zu bytes in use, %zu more requested, limit "
                           "%zu",
                           b.smem_total, size, kMaxSharedBytes));
   }
   return b.alloc_smem(key, size, align);
+}
+
+// ---------------------------------------------------------------------------------------
+// Hopper: warpgroup collectives, wgmma queues, mbarriers, bulk copies, named barriers
+// ---------------------------------------------------------------------------------------
+namespace {
+
+Warpgroup& warpgroup_of(Fiber* f) {
+  Block& b = *f->block;
+  Warpgroup& wg = b.warpgroups[f->warp / 4];
+  if (wg.nthreads != 128) {
+    abort_fiber(f, format("warpgroup primitive in a partial warpgroup (%u threads): the block "
+                          "size must be a multiple of 128",
+                          wg.nthreads));
+  }
+  return wg;
+}
+
+void land_oldest_wgmma(Warpgroup& wg) {
+  std::vector<AsyncOp>& q = wg.groups.empty() ? wg.open : wg.groups.front();
+  if (!q.empty()) {
+    AsyncOp op = q.front();
+    q.erase(q.begin());
+    op.run(op.payload);
+    destroy(op);
+  }
+  if (!wg.groups.empty() && wg.groups.front().empty()) wg.groups.pop_front();
+}
+
+void land_all_wgmma(Warpgroup& wg) {
+  while (wg.pending()) land_oldest_wgmma(wg);
+}
+
+MBarrier* find_mbarrier(Block& b, const void* bar) {
+  for (auto& m : b.mbarriers) {
+    if (m.addr == bar) return &m;
+  }
+  return nullptr;
+}
+
+MBarrier& armed_mbarrier(Fiber* f, const void* bar, const char* what) {
+  MBarrier* m = find_mbarrier(*f->block, bar);
+  if (!m) {
+    abort_fiber(f, format("%s on mbarrier %p, which was never initialised (mbarrier.init) in "
+                          "this block",
+                          what, bar));
+  }
+  return *m;
+}
+
+// Completes the current phase when nothing is missing; wakes the threads waiting for it.
+void check_phase(Block& b, MBarrier& m) {
+  if (m.pending != 0 || m.tx != 0) return;
+  ++m.phase;
+  m.pending = m.expected;
+  for (unsigned i = 0; i < b.nthreads; ++i) {
+    Fiber& t = b.fibers[i];
+    if (t.state == State::kAtMbarrier && t.wait_bar == m.addr &&
+        (m.phase & 1) != t.wait_parity) {
+      b.set_state(t, State::kReady);
+    }
+  }
+}
+
+void land_bulk_copy(Block& b, size_t i) {
+  BulkCopy c = b.bulk_copies[i];
+  b.bulk_copies.erase(b.bulk_copies.begin() + std::ptrdiff_t(i));
+  c.op.run(c.op.payload);
+  destroy(c.op);
+  MBarrier* m = find_mbarrier(b, c.bar);
+  if (!m) {
+    b.set_error(nullptr, format("a bulk copy completed on mbarrier %p, which is no longer "
+                                "initialised",
+                                c.bar));
+    return;
+  }
+  m->tx -= c.bytes;
+  check_phase(b, *m);
+}
+
+void wgmma_fence_fn(const void* const*, void* const*) {
+  warpgroup_of(current_fiber()).fenced = true;
+}
+
+void wgmma_commit_fn(const void* const*, void* const*) {
+  Warpgroup& wg = warpgroup_of(current_fiber());
+  wg.groups.emplace_back(std::move(wg.open));
+  wg.open.clear();
+}
+
+void wgmma_wait_fn(const void* const* ops, void* const*) {
+  Warpgroup& wg = warpgroup_of(current_fiber());
+  const unsigned n = *static_cast<const unsigned*>(ops[0]);
+  for (unsigned i = 1; i < 128; ++i) {
+    if (*static_cast<const unsigned*>(ops[i]) != n) {
+      fail("wgmma.wait_group: thread %u of the warpgroup waits for %u groups, thread 0 for %u "
+           "(the immediate must be warpgroup-uniform)",
+           i, *static_cast<const unsigned*>(ops[i]), n);
+    }
+  }
+  // Each call lands one operation or drops an empty group.
+  while (wg.groups.size() > n) land_oldest_wgmma(wg);
+  // Registers the landed operations wrote may now be read and rewritten: the next wgmma
+  // needs a fence again.
+  wg.fenced = false;
+}
+
+struct MaxnregOperand {
+  unsigned regs;
+  bool inc;
+};
+
+void setmaxnreg_fn(const void* const* ops, void* const*) {
+  Warpgroup& wg = warpgroup_of(current_fiber());
+  const auto& o0 = *static_cast<const MaxnregOperand*>(ops[0]);
+  for (unsigned i = 1; i < 128; ++i) {
+    const auto& o = *static_cast<const MaxnregOperand*>(ops[i]);
+    if (o.regs != o0.regs || o.inc != o0.inc) {
+      fail("setmaxnreg: thread %u of the warpgroup asks for %s %u, thread 0 for %s %u (the "
+           "instruction is warpgroup-uniform)",
+           i, o.inc ? "inc" : "dec", o.regs, o0.inc ? "inc" : "dec", o0.regs);
+    }
+  }
+  if (o0.regs < 24 || o0.regs > 256 || o0.regs % 8 != 0) {
+    fail("setmaxnreg: %u registers; the count must be a multiple of 8 in [24, 256]", o0.regs);
+  }
+  if (wg.maxnreg && (o0.inc ? o0.regs < wg.maxnreg : o0.regs > wg.maxnreg)) {
+    fail("setmaxnreg.%s.sync.aligned.u32 %u after a setting of %u: .inc may not lower and .dec "
+         "may not raise the count",
+         o0.inc ? "inc" : "dec", o0.regs, wg.maxnreg);
+  }
+  wg.maxnreg = o0.regs;
+}
+
+}  // namespace
+
+bool Block::land_stalled_copy() {
+  if (bulk_copies.empty()) return false;
+  land_bulk_copy(*this, 0);
+  return true;
+}
+
+void warpgroup_collective(const char* name, CollectiveFn fn, const void* operand, void* result) {
+  Fiber* f = current_fiber();
+  Block& b = *f->block;
+  maybe_land(f);
+  Warpgroup& wg = warpgroup_of(f);
+  if (wg.exited > 0) {
+    abort_fiber(f, format("%s reached while %u thread(s) of this warpgroup have exited; the "
+                          "collective can never complete",
+                          name, wg.exited));
+  }
+  if (wg.arrived > 0 && (wg.fn != fn || std::strcmp(wg.name, name) != 0)) {
+    abort_fiber(f, format("warpgroup divergence: this thread reached %s while %u thread(s) of its "
+                          "warpgroup wait at %s",
+                          name, wg.arrived, wg.name));
+  }
+  const unsigned rank = f->linear_tid % 128;
+  wg.fn = fn;
+  wg.name = name;
+  wg.operands[rank] = operand;
+  wg.results[rank] = result;
+  if (++wg.arrived == 128) {
+    fn(wg.operands, wg.results);
+    wg.arrived = 0;
+    const unsigned first = (f->warp / 4) * 128;
+    for (unsigned t = first; t < first + 128; ++t) {
+      if (b.fibers[t].state == State::kAtGroup) b.set_state(b.fibers[t], State::kReady);
+    }
+  } else {
+    b.set_state(*f, State::kAtGroup);
+  }
+  yield(f);
+}
+
+void wgmma_issue(AsyncOp op) {
+  Fiber* f = current_fiber();
+  Warpgroup& wg = warpgroup_of(f);
+  if (!wg.fenced) {
+    destroy(op);
+    abort_fiber(f, "wgmma.mma_async issued without a wgmma.fence since the warpgroup started or "
+                   "since its last wgmma.wait_group: the fence must order the warpgroup's "
+                   "register accesses before the asynchronous read of accumulators and A");
+  }
+  wg.open.push_back(op);
+  if (f->block->schedule.async_timing == AsyncTiming::kAtIssue) land_all_wgmma(wg);
+}
+
+void wgmma_fence() {
+  warpgroup_collective("wgmma.fence.sync.aligned", wgmma_fence_fn, nullptr, nullptr);
+}
+
+void wgmma_commit() {
+  warpgroup_collective("wgmma.commit_group.sync.aligned", wgmma_commit_fn, nullptr, nullptr);
+}
+
+void wgmma_wait(unsigned n) {
+  warpgroup_collective("wgmma.wait_group.sync.aligned", wgmma_wait_fn, &n, nullptr);
+}
+
+void setmaxnreg(unsigned regs, bool inc) {
+  const MaxnregOperand op{regs, inc};
+  warpgroup_collective(inc ? "setmaxnreg.inc.sync.aligned.u32" : "setmaxnreg.dec.sync.aligned.u32",
+                       setmaxnreg_fn, &op, nullptr);
+}
+
+unsigned elect_lane() {
+  Block& b = *current_fiber()->block;
+  switch (b.schedule.order) {
+    case Order::kForward: return 0;
+    case Order::kReverse: return 31;
+    default: return b.rng.below(32);
+  }
+}
+
+void mbarrier_init(void* bar, unsigned count) {
+  Fiber* f = current_fiber();
+  Block& b = *f->block;
+  if (reinterpret_cast<uintptr_t>(bar) % 8 != 0 || !in_smem(b, bar, 8)) {
+    abort_fiber(f, format("mbarrier.init: %p is not an 8-byte aligned shared-memory address", bar));
+  }
+  if (count == 0 || count >= (1u << 20)) {
+    abort_fiber(f, format("mbarrier.init: expected count %u is outside [1, 2^20 - 1]", count));
+  }
+  MBarrier* m = find_mbarrier(b, bar);
+  if (m) {
+    for (unsigned i = 0; i < b.nthreads; ++i) {
+      if (b.fibers[i].state == State::kAtMbarrier && b.fibers[i].wait_bar == bar) {
+        abort_fiber(f, format("mbarrier.init on %p while thread %u waits on it", bar, i));
+      }
+    }
+    for (const auto& c : b.bulk_copies) {
+      if (c.bar == bar) {
+        abort_fiber(f, format("mbarrier.init on %p while a bulk copy completing on it is in "
+                              "flight",
+                              bar));
+      }
+    }
+    *m = MBarrier{bar, count, count, 0, 0};
+  } else {
+    b.mbarriers.push_back(MBarrier{bar, count, count, 0, 0});
+  }
+  std::memset(bar, 0, 8);  // the object itself: nothing reads it but the GPU
+}
+
+uint64_t mbarrier_arrive(void* bar, unsigned tx_bytes) {
+  Fiber* f = current_fiber();
+  Block& b = *f->block;
+  maybe_land(f);
+  MBarrier& m = armed_mbarrier(f, bar, tx_bytes ? "mbarrier.arrive.expect_tx" : "mbarrier.arrive");
+  if (m.pending == 0) {
+    abort_fiber(f, format("mbarrier.arrive on %p: all %u expected arrivals of phase %llu already "
+                          "happened (more arrivals than the init count)",
+                          bar, m.expected, (unsigned long long)m.phase));
+  }
+  const uint64_t phase = m.phase;
+  m.tx += tx_bytes;
+  --m.pending;
+  check_phase(b, m);
+  yield(f);
+  return phase;
+}
+
+void mbarrier_expect_tx(void* bar, unsigned tx_bytes) {
+  Fiber* f = current_fiber();
+  MBarrier& m = armed_mbarrier(f, bar, "mbarrier.expect_tx");
+  m.tx += tx_bytes;
+}
+
+void mbarrier_wait_parity(void* bar, unsigned parity) {
+  Fiber* f = current_fiber();
+  Block& b = *f->block;
+  maybe_land(f);
+  MBarrier& m = armed_mbarrier(f, bar, "mbarrier.try_wait.parity");
+  if ((m.phase & 1) == (parity & 1)) {
+    f->wait_bar = bar;
+    f->wait_parity = parity & 1;
+    b.set_state(*f, State::kAtMbarrier);
+  }
+  yield(f);
+}
+
+void bulk_copy_issue(void* bar, unsigned bytes, AsyncOp op) {
+  Fiber* f = current_fiber();
+  Block& b = *f->block;
+  if (!find_mbarrier(b, bar)) {
+    destroy(op);
+    abort_fiber(f, format("bulk copy (cp.async.bulk) completing on mbarrier %p, which was never "
+                          "initialised in this block",
+                          bar));
+  }
+  b.bulk_copies.push_back(BulkCopy{bar, bytes, op});
+  if (b.schedule.async_timing == AsyncTiming::kAtIssue) land_bulk_copy(b, b.bulk_copies.size() - 1);
+  maybe_land(f);
+}
+
+void named_barrier(unsigned id, unsigned count, bool wait) {
+  Fiber* f = current_fiber();
+  Block& b = *f->block;
+  const char* what = wait ? "bar.sync" : "bar.arrive";
+  if (id == 0 || id > 15) {
+    abort_fiber(f, format("%s %u: named barrier ids are 1..15 (0 is sync_block's)", what, id));
+  }
+  if (count == 0 || count % 32 != 0 || count > b.nthreads) {
+    abort_fiber(f, format("%s %u, %u: the thread count must be a non-zero multiple of 32 and at "
+                          "most the block size (%u)",
+                          what, id, count, b.nthreads));
+  }
+  maybe_land(f);
+  NamedBarrier& nb = b.named[id];
+  if (nb.arrived == 0) {
+    nb.count = count;
+  } else if (nb.count != count) {
+    abort_fiber(f, format("%s %u, %u: %u thread(s) arrived at this barrier's current phase with "
+                          "a thread count of %u",
+                          what, id, count, nb.arrived, nb.count));
+  }
+  if (++nb.arrived == nb.count) {
+    nb.arrived = 0;
+    for (unsigned i = 0; i < b.nthreads; ++i) {
+      Fiber& t = b.fibers[i];
+      if (t.state == State::kAtNamed && t.named_id == id) b.set_state(t, State::kReady);
+    }
+  } else if (wait) {
+    f->named_id = id;
+    b.set_state(*f, State::kAtNamed);
+  }
+  yield(f);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -33,6 +33,17 @@
 #include "fastattn/device/emu_runtime.h"
 #endif
 
+// Device passes of nvcc that may use Hopper instructions: FA_SM90 for sm_90 and later
+// (mbarrier tx-counts, TMA, elect.sync, fence.proxy.async), FA_SM90A for the
+// architecture-specific sm_90a ones (wgmma, setmaxnreg). Other passes (sm_80) compile the
+// Hopper wrappers to a trap: a kernel using them must not be launched there.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define FA_SM90 1
+#endif
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define FA_SM90A 1
+#endif
+
 // The two builds put their device functions in different inline namespaces: one binary may
 // hold the same kernel source compiled both ways (the test module does), and the inline
 // functions of the two must not be merged by the linker.
@@ -178,6 +189,17 @@ inline T& static_shared(Site) {
 }
 }  // namespace detail
 #endif
+
+// The shared-window address of a pointer into shared memory (cvta.to.shared): what
+// mbarrier, TMA and wgmma descriptors take. The emulation keeps a window of its own
+// (emu_runtime.h: shared_address) with the same alignment as the kernel's pointers.
+FA_DEVICE uint32_t smem_u32(const void* p) {
+#if defined(__CUDACC__)
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+#else
+  return ::fastattn::emu::shared_address(p);
+#endif
+}
 
 // Aborts the kernel: __trap() on the GPU (the launch fails with an error), an error naming
 // the thread under emulation.

@@ -132,8 +132,77 @@ void cp_async_wait(unsigned n);  // cp.async.wait_group n: all but the newest n 
 // True when [p, p + bytes) lies inside one shared-memory allocation of the current block.
 bool is_shared(const void* p, std::size_t bytes);
 
+// The emulated shared window: the address cvta.to.shared gives for a pointer into the block's
+// shared memory (dynamic shared memory starts at 0; every allocation on a 1024-byte
+// boundary), and the pointer for such an address (`bytes` of it must lie in one
+// allocation). Both fail the kernel with a message naming `what` otherwise.
+uint32_t shared_address(const void* p);
+void* shared_pointer(uint32_t addr, std::size_t bytes, const char* what);
+
 void* dynamic_smem();
 void* static_smem(const void* key, std::size_t size, std::size_t align);
+
+// ---------------------------------------------------------------------------------------
+// Hopper (sm_90) primitives: warpgroups, asynchronous operations, mbarriers, named barriers.
+// ---------------------------------------------------------------------------------------
+
+// A collective of the caller's warpgroup (the 128 threads of warps 4i..4i+3; the block size
+// must be a multiple of 128): as warp_collective, with operands[128] and results[128]
+// indexed by the thread's rank in the warpgroup.
+void warpgroup_collective(const char* name, CollectiveFn fn, const void* operand, void* result);
+
+// An operation that lands later: run(payload) performs its reads and writes, destroy(payload)
+// frees it (called after run, or when the block is abandoned). The device headers build
+// them (fastattn/device/wgmma.h, tma.h); the runtime decides when they land.
+struct AsyncOp {
+  void (*run)(void* payload);
+  void (*destroy)(void* payload);
+  void* payload;
+};
+
+// wgmma: call wgmma_issue from inside a warpgroup collective (once per instruction, by the
+// collective's fn). It fails unless the warpgroup executed wgmma_fence since its last
+// wgmma_wait (or since it started). The op lands at the latest at the wgmma_wait that covers
+// its group; when exactly follows Schedule::async_timing. fence/commit/wait are warpgroup
+// collectives themselves.
+void wgmma_issue(AsyncOp op);
+void wgmma_fence();
+void wgmma_commit();
+void wgmma_wait(unsigned n);  // all but the newest n committed groups have landed
+
+// mbarrier (a 64-bit shared-memory object; the emulation keeps its state aside, keyed by
+// address). init: expected arrivals `count`, phase 0. A phase completes when its pending
+// arrivals reach 0 and its tx-count is 0; then the phase number increments, pending arrivals
+// reset to the expected count. Using an address never initialised is an error.
+void mbarrier_init(void* bar, unsigned count);
+// mbarrier.arrive[.expect_tx]: tx-count += tx_bytes, then one arrival. Returns the phase
+// number the arrival belongs to.
+uint64_t mbarrier_arrive(void* bar, unsigned tx_bytes);
+void mbarrier_expect_tx(void* bar, unsigned tx_bytes);
+// Blocks until the phase of parity `parity` has completed, i.e. while the current phase's
+// parity equals `parity` (PTX try_wait.parity in a loop). A wait that can never complete
+// is reported as a deadlock with the barrier's state.
+void mbarrier_wait_parity(void* bar, unsigned parity);
+
+// A bulk asynchronous copy (TMA) completing on an mbarrier: op writes shared memory when it
+// lands, then the barrier's tx-count drops by `bytes`. Lands at issue, at a random
+// synchronisation point, or as late as possible (when no thread of the block could run
+// otherwise), per Schedule::async_timing. Copies still in flight when the block ends are an
+// error.
+void bulk_copy_issue(void* bar, unsigned bytes, AsyncOp op);
+
+// bar.sync / bar.arrive with a barrier id (1..15; id 0 is sync_block's) and a thread count
+// (a multiple of 32, at most the block size). Every arrival of one phase must give the same
+// count.
+void named_barrier(unsigned id, unsigned count, bool wait);
+
+// The lane elect.sync picks: 0 under the forward order, 31 under the reverse order, a
+// seeded random lane under shuffled orders.
+unsigned elect_lane();
+
+// setmaxnreg.{inc,dec}: a warpgroup collective; checks the value (24..256, a multiple of 8,
+// the same in every thread) and the direction against the warpgroup's last setting.
+void setmaxnreg(unsigned regs, bool inc);
 
 // Largest static + dynamic shared memory of one block (the sm_90 opt-in limit).
 constexpr std::size_t kMaxSharedBytes = 227 * 1024;
