@@ -29,7 +29,7 @@ endif()
 get_filename_component(_fa_emu_root "${CMAKE_CURRENT_LIST_DIR}/.." ABSOLUTE)
 find_package(Threads REQUIRED)
 
-set(_fa_emu_flags -O2 -Wall -Wextra)
+set(_fa_emu_flags -O2 -Wall -Wextra -Wno-psabi)
 if(FASTATTN_EMU_SANITIZE)
   list(APPEND _fa_emu_flags -fsanitize=${FASTATTN_EMU_SANITIZE} -fno-omit-frame-pointer -g)
 endif()
@@ -48,13 +48,16 @@ set(_fa_emu_sources
   "${_fa_emu_root}/csrc/emu/module.cpp"
   "${_fa_emu_root}/csrc/emu/test_kernels_emu.cpp")
 if(FASTATTN_WITH_CUDA)
-  list(APPEND _fa_emu_sources "${_fa_emu_root}/csrc/cuda/primitives_test.cu")
+  list(APPEND _fa_emu_sources "${_fa_emu_root}/csrc/cuda/primitives_test.cu"
+                              "${_fa_emu_root}/csrc/cuda/primitives_test_sm90.cu")
 endif()
 
 pybind11_add_module(_emu MODULE ${_fa_emu_sources})
 target_include_directories(_emu PRIVATE "${_fa_emu_root}/csrc/include" "${_fa_emu_root}/csrc")
 target_link_libraries(_emu PRIVATE fastattn_emu_runtime)
 target_compile_options(_emu PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${_fa_emu_flags}>)
+# The link-time optimiser repeats GCC's note on passing the 128-byte aligned tensor map.
+target_link_options(_emu PRIVATE -Wno-psabi)
 
 if(FASTATTN_WITH_CUDA)
   target_compile_definitions(_emu PRIVATE FASTATTN_EMU_WITH_CUDA=1)

@@ -13,7 +13,8 @@
 #               tests can compare the emulation with the GPU), TORCH_CUDA_ARCH_LIST=9.0a
 #               (the H200's own code only: half the nvcc work of "8.0+PTX;9.0a"), into
 #               build/gpu_check/torch<version>/<wheel tag>
-#   primitives  tests/test_primitives.py (the emulation against the GPU, primitive by primitive)
+#   primitives  the cuda cases of tests/test_primitives.py and test_primitives_sm90.py (the
+#               emulation's references on the GPU, primitive by primitive; Hopper ones on sm_90)
 #   parity      the parity suite's cuda cases (pytest -k cuda: every test with a cuda device
 #               parameter, tests/test_cuda_graphs.py, the CUDA index-error tests)
 #   memcheck    compute-sanitizer --tool memcheck on scripts/gpu_sanitize_case.py
@@ -290,11 +291,15 @@ elif [ "$GPU_OK" != 1 ]; then
   for s in primitives parity memcheck racecheck bench; do skip_step "$s" "torch sees no GPU"; done
   FAILED=1
 else
+  # The GPU half of the primitive tests (their emulated half runs in CI): the same test
+  # kernels on the GPU against the references the emulation passes.
   run_step primitives "${CAP[primitives]}" "$OUT_DIR/primitives.log" \
-    "$PYTHON" -m pytest -q -rfE -p no:cacheprovider tests/test_primitives.py
+    "$PYTHON" -m pytest -q -rfE -p no:cacheprovider -k cuda tests/test_primitives.py \
+    tests/test_primitives_sm90.py
 
   run_step parity "${CAP[parity]}" "$OUT_DIR/parity.log" \
-    "$PYTHON" -m pytest -q -rfE -p no:cacheprovider -k cuda --ignore=tests/test_primitives.py tests
+    "$PYTHON" -m pytest -q -rfE -p no:cacheprovider -k cuda --ignore=tests/test_primitives.py \
+    --ignore=tests/test_primitives_sm90.py tests
 
   if [ -z "$SANITIZER" ]; then
     skip_step memcheck "not installed (compute-sanitizer)"

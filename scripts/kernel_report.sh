@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Resource and SASS report of every shipped CUDA kernel (each __global__ instantiation that
-# the csrc/cuda/*.cu translation units put into fastattn._C; primitives_test.cu is a test
-# kernel of fastattn._emu and is left out).
+# the csrc/cuda/*.cu translation units put into fastattn._C; primitives_test*.cu are test
+# kernels of fastattn._emu and are left out).
 #
 #   scripts/kernel_report.sh [-j JOBS] [--keep DIR] [--so PATH | --no-so] [--src FILE.cu ...]
 #
@@ -113,7 +113,7 @@ done
 SOURCES=("${SRC_OVERRIDE[@]}")
 [ ${#SRC_OVERRIDE[@]} -gt 0 ] || for f in csrc/cuda/*.cu; do
   [ -e "$f" ] || continue
-  [ "$(basename "$f")" = primitives_test.cu ] && continue
+  case "$(basename "$f")" in primitives_test*.cu) continue ;; esac
   SOURCES+=("$f")
 done
 [ ${#SOURCES[@]} -gt 0 ] || die "no csrc/cuda/*.cu"

@@ -8,6 +8,9 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <vector>
+
+#include <pybind11/stl.h>
 
 #include "emu/test_kernels.h"
 #include "fastattn/device/emu_runtime.h"
@@ -33,6 +36,11 @@ struct Runners {
   FA_RUNNER_FIELD(fp8, Fp8Args)
   FA_RUNNER_FIELD(misuse, MisuseArgs)
   FA_RUNNER_FIELD(smem_poison, SmemPoisonArgs)
+  FA_RUNNER_FIELD(wgmma, WgmmaArgs)
+  FA_RUNNER_FIELD(tma, TmaArgs)
+  FA_RUNNER_FIELD(pipeline, PipelineArgs)
+  FA_RUNNER_FIELD(named_barrier, NamedBarrierArgs)
+  FA_RUNNER_FIELD(hopper_misuse, HopperMisuseArgs)
 #undef FA_RUNNER_FIELD
 };
 
@@ -40,7 +48,8 @@ struct Runners {
   Runners {                                                                                 \
     is_emulated, ns::run_index, ns::run_mma, ns::run_shfl, ns::run_vote, ns::run_ldmatrix,  \
         ns::run_cp_async, ns::run_reduce, ns::run_atomics, ns::run_math, ns::run_fp8,       \
-        ns::run_misuse, ns::run_smem_poison                                                 \
+        ns::run_misuse, ns::run_smem_poison, ns::run_wgmma, ns::run_tma, ns::run_pipeline,  \
+        ns::run_named_barrier, ns::run_hopper_misuse                                        \
   }
 
 template <class T>
@@ -221,6 +230,96 @@ void bind_backend(py::module_ m, Runners r) {
       },
       py::arg("out"), py::arg("blocks"), py::arg("threads"), seed, workers,
       "out [blocks, threads, 2]: static and dynamic shared memory read before any write.");
+
+  // Hopper primitives (test_kernels_sm90.cuh). Structured arguments come as dicts of the
+  // WgmmaArgs / TmaArgs field names; pointers as integers.
+  m.def(
+      "wgmma",
+      [r](py::dict k, uint64_t s, int w) {
+        pt::WgmmaArgs a{};
+        a.a_image = ptr<const uint8_t>(k["a_image"].cast<uintptr_t>());
+        a.a_bytes = k["a_bytes"].cast<int>();
+        a.a_rows = ptr<const uint16_t>(k["a_rows"].cast<uintptr_t>());
+        a.b_image = ptr<const uint8_t>(k["b_image"].cast<uintptr_t>());
+        a.b_bytes = k["b_bytes"].cast<int>();
+        a.b_offset = k["b_offset"].cast<int>();
+        a.c = ptr<const float>(k["c"].cast<uintptr_t>());
+        a.d = ptr<float>(k["d"].cast<uintptr_t>());
+        a.n = k["n"].cast<int>();
+        a.bf16 = k["bf16"].cast<int>();
+        a.rs = k["rs"].cast<int>();
+        a.major_a = k["major_a"].cast<int>();
+        a.major_b = k["major_b"].cast<int>();
+        a.swizzle_a = k["swizzle_a"].cast<int>();
+        a.swizzle_b = k["swizzle_b"].cast<int>();
+        a.lbo_a = k["lbo_a"].cast<uint32_t>();
+        a.sbo_a = k["sbo_a"].cast<uint32_t>();
+        a.lbo_b = k["lbo_b"].cast<uint32_t>();
+        a.sbo_b = k["sbo_b"].cast<uint32_t>();
+        a.k_steps = k["k_steps"].cast<int>();
+        a.a_step = k["a_step"].cast<uint32_t>();
+        a.b_step = k["b_step"].cast<uint32_t>();
+        a.accumulate = k["accumulate"].cast<int>();
+        a.flags = k["flags"].cast<int>();
+        run(r, r.wgmma, a, s, w);
+      },
+      py::arg("args"), seed, workers,
+      "One warpgroup: d = a @ b + c (64 x n) with wgmma from shared-memory images; see "
+      "WgmmaArgs in test_kernels.h.");
+
+  m.def(
+      "tma",
+      [r](py::dict k, uint64_t s, int w) {
+        pt::TmaArgs a{};
+        a.global = ptr<const void>(k["global"].cast<uintptr_t>());
+        a.type = k["type"].cast<int>();
+        a.rank = k["rank"].cast<int>();
+        const auto dims = k["dims"].cast<std::vector<uint64_t>>();
+        const auto strides = k["strides"].cast<std::vector<uint64_t>>();
+        const auto box = k["box"].cast<std::vector<uint32_t>>();
+        const auto coords = k["coords"].cast<std::vector<int32_t>>();
+        for (size_t i = 0; i < 5; ++i) {
+          a.dims[i] = i < dims.size() ? dims[i] : 0;
+          a.strides[i] = i < strides.size() ? strides[i] : 0;
+          a.box[i] = i < box.size() ? box[i] : 0;
+          a.coords[i] = i < coords.size() ? coords[i] : 0;
+        }
+        a.swizzle = k["swizzle"].cast<int>();
+        a.oob_nan = k["oob_nan"].cast<int>();
+        a.loads = k["loads"].cast<int>();
+        a.out = ptr<uint8_t>(k["out"].cast<uintptr_t>());
+        a.flags = k["flags"].cast<int>();
+        run(r, r.tma, a, s, w);
+      },
+      py::arg("args"), seed, workers,
+      "TMA box loads through one mbarrier; out [loads, box bytes]; see TmaArgs.");
+
+  m.def(
+      "pipeline",
+      [r](uintptr_t in, uintptr_t out, int tiles, int stages, int flags, uint64_t s, int w) {
+        pt::PipelineArgs a{ptr<const float>(in), ptr<float>(out), tiles, stages, flags};
+        run(r, r.pipeline, a, s, w);
+      },
+      py::arg("inp"), py::arg("out"), py::arg("tiles"), py::arg("stages"), py::arg("flags"),
+      seed, workers, "Producer/consumer TMA ring: out [tiles, 32, 32] = inp.");
+
+  m.def(
+      "named_barrier",
+      [r](uintptr_t in, uintptr_t out, int rounds, bool skip_sync, uint64_t s, int w) {
+        pt::NamedBarrierArgs a{ptr<const float>(in), ptr<float>(out), rounds, skip_sync};
+        run(r, r.named_barrier, a, s, w);
+      },
+      py::arg("inp"), py::arg("out"), py::arg("rounds"), py::arg("skip_sync"), seed, workers,
+      "Named-barrier handoff: out[r, i] = inp[r, (i + 1) % 64].");
+
+  m.def(
+      "hopper_misuse",
+      [r](int kind, uintptr_t scratch, uint64_t s, int w) {
+        pt::HopperMisuseArgs a{kind, ptr<float>(scratch)};
+        run(r, r.hopper_misuse, a, s, w);
+      },
+      py::arg("kind"), py::arg("scratch"), seed, workers,
+      "Kernels that misuse a Hopper primitive (kind 1..12; 0 is correct); scratch: float[1024].");
 }
 
 }  // namespace

@@ -154,6 +154,92 @@ struct SmemPoisonArgs {
   int threads;
 };
 
+// ---------------------------------------------------------------------------------------
+// Hopper (sm_90a) primitives: test_kernels_sm90.cuh. The GPU runners need an sm_90 device.
+// ---------------------------------------------------------------------------------------
+
+// One warpgroup computes D = A * B + C (64 x N, K = 16 * k_steps) with wgmma. The A and B
+// operands are given as shared-memory images (bytes laid out by the test per the ISA's
+// canonical layouts and swizzles), copied to dynamic shared memory at offset 0 (A) and
+// b_offset (B); step s of K uses descriptors advanced by s * {a,b}_step bytes. With rs,
+// A comes from registers: a_rows [64, K] 16-bit, loaded per the fragment layout.
+struct WgmmaArgs {
+  const uint8_t* a_image;
+  int a_bytes;
+  const uint16_t* a_rows;  // [64, 16 * k_steps], rs only
+  const uint8_t* b_image;
+  int b_bytes;
+  int b_offset;            // a multiple of 1024
+  const float* c;          // [64, n]
+  float* d;                // [64, n]
+  int n;
+  int bf16;
+  int rs;
+  int major_a, major_b;    // 0 K-major, 1 MN-major
+  int swizzle_a, swizzle_b;  // descriptor encoding: 0 none, 1 128B, 2 64B, 3 32B
+  uint32_t lbo_a, sbo_a, lbo_b, sbo_b;
+  int k_steps;
+  uint32_t a_step, b_step;
+  int accumulate;          // scale-d of the first step (later steps always accumulate)
+  int flags;               // kWgmmaSkip*: planted bugs
+};
+constexpr int kWgmmaSkipWait = 1;        // read the accumulators without wait_group
+constexpr int kWgmmaSkipFence = 2;       // no wgmma.fence before the first wgmma
+constexpr int kWgmmaOverwriteB = 4;      // zero B in shared memory before the wait
+constexpr int kWgmmaExitInFlight = 8;    // exit without waiting (error)
+
+// TMA: `loads` boxes through one mbarrier and one shared buffer; load l reads the box at
+// coords with the outermost coordinate moved by l * box[rank - 1]; out[l] receives the raw
+// shared-memory bytes of the box (swizzle included).
+struct TmaArgs {
+  const void* global;
+  int type;                // TmaType
+  int rank;
+  uint64_t dims[5];
+  uint64_t strides[5];
+  uint32_t box[5];
+  int swizzle;             // Swizzle
+  int oob_nan;
+  int32_t coords[5];
+  int loads;
+  uint8_t* out;            // [loads, box bytes]
+  int flags;               // kTmaSkip*: planted bugs
+};
+constexpr int kTmaSkipExpectTx = 1;  // plain arrive instead of arrive.expect_tx
+constexpr int kTmaSkipWait = 2;      // consumers read without waiting on the barrier
+constexpr int kTmaNoParityFlip = 4;  // consumers always wait for parity 0
+
+// Producer/consumer ring: warpgroup 0 produces (setmaxnreg.dec; warp 0's elected lane
+// issues a TMA load of tile t into stage t % stages after waiting for the stage to be
+// empty), warpgroup 1 consumes (setmaxnreg.inc; waits for the stage to be full, copies the
+// tile to out[t], meets at a named barrier, then one thread releases the stage).
+struct PipelineArgs {
+  const float* in;   // [tiles, 32, 32]
+  float* out;        // [tiles, 32, 32]
+  int tiles;
+  int stages;        // 1..4
+  int flags;         // kPipeSkip*
+};
+constexpr int kPipeSkipEmptyWait = 1;   // the producer refills a stage without waiting
+constexpr int kPipeSkipNamedSync = 2;   // the releasing thread does not wait for the others
+constexpr int kPipeNoParityFlip = 4;    // consumers always wait for parity 0
+
+// Named barriers: 4 warps; warps 2-3 write a round's values to shared memory and bar.arrive
+// (id 1, 128 threads); warps 0-1 bar.sync on it, copy the values to out, and bar.arrive
+// (id 2) so that the producers (bar.sync id 2) may overwrite the buffer.
+struct NamedBarrierArgs {
+  const float* in;   // [rounds, 64]
+  float* out;        // [rounds, 64]
+  int rounds;
+  int skip_sync;     // consumers skip bar.sync 1 (planted bug)
+};
+
+// Misuse of the Hopper primitives the emulation must report (kind; 0 is correct code).
+struct HopperMisuseArgs {
+  int kind;
+  float* scratch;    // [1024]
+};
+
 #define FASTATTN_PRIMTEST_RUNNERS                  \
   void run_index(const IndexArgs&);                \
   void run_mma(const MmaArgs&);                    \
@@ -166,7 +252,12 @@ struct SmemPoisonArgs {
   void run_math(const MathArgs&);                  \
   void run_fp8(const Fp8Args&);                    \
   void run_misuse(const MisuseArgs&);              \
-  void run_smem_poison(const SmemPoisonArgs&);
+  void run_smem_poison(const SmemPoisonArgs&);    \
+  void run_wgmma(const WgmmaArgs&);                \
+  void run_tma(const TmaArgs&);                    \
+  void run_pipeline(const PipelineArgs&);          \
+  void run_named_barrier(const NamedBarrierArgs&); \
+  void run_hopper_misuse(const HopperMisuseArgs&);
 
 namespace emulated {
 FASTATTN_PRIMTEST_RUNNERS
