@@ -9,7 +9,7 @@ written here from the PTX ISA's definitions:
   shared address), the kernel multiplies them, and the fragments it returns are assembled into
   a matrix and compared with a float64 product. Integer-valued data must match exactly.
 - TMA: the raw shared-memory bytes of a box (with out-of-bounds fill and swizzle) against the
-  box cut out of the tensor here.
+  box cut out of the tensor here; stores of a box image into a tensor (clipped at its edges).
 - mbarrier phases and transaction counts: several loads through one barrier; a
   producer/consumer ring with full/empty barriers, elect.sync, a named barrier and
   setmaxnreg.
@@ -33,7 +33,8 @@ from test_primitives import EMU_SEEDS, HAS_GPU, Target, _emu, ptr
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-HAS_SM90 = HAS_GPU and torch.cuda.get_device_capability() >= (9, 0)
+# sm_90a code runs on sm_90 only (not on sm_100 and later).
+HAS_SM90 = HAS_GPU and torch.cuda.get_device_capability() == (9, 0)
 TARGETS = [pytest.param(Target("emu", s), id=f"emu-seed{s}") for s in EMU_SEEDS] + [
     pytest.param(Target("cuda"), id="cuda", marks=pytest.mark.skipif(
         not HAS_SM90, reason="no sm_90 GPU, or fastattn._emu built without CUDA"))
@@ -131,6 +132,47 @@ def operand_image(values16, major, mode, lbo, sbo):
     return image.view(torch.uint8)
 
 
+def cute_layout(shape, stride, coord):
+    """CuTe: the offset of a flat (colexicographic) coordinate in a nested shape/stride."""
+    if isinstance(shape, int):
+        return coord * stride
+    offset = 0
+    for sub_shape, sub_stride in zip(shape, stride):
+        size = 1
+        for s in (sub_shape if isinstance(sub_shape, tuple) else (sub_shape,)):
+            size *= s
+        offset += cute_layout(sub_shape, sub_stride, coord % size)
+        coord //= size
+    return offset
+
+
+def fragment_maps(n):
+    """(m, n) of accumulator register i of warpgroup thread t, and (m, k) of each 16-bit half
+    of A register j, from CuTe's CLayout_64xN and ALayout_64x16 (thread, value) -> m + 64 * col
+    (cute/atom/mma_traits_sm90_gmma.hpp): an independent statement of the ISA's figures."""
+    c_shape, c_stride = ((4, 8, 4), (2, 2, n // 8)), ((128, 1, 16), (64, 8, 512))
+    a_shape, a_stride = ((4, 8, 4), (2, 2, 2)), ((128, 1, 16), (64, 8, 512))
+    acc = torch.empty(128, n // 2, 2, dtype=torch.long)
+    a = torch.empty(128, 8, 2, dtype=torch.long)
+    for t in range(128):
+        for v in range(n // 2):
+            idx = cute_layout(c_shape, c_stride, t + 128 * v)
+            acc[t, v] = torch.tensor([idx % 64, idx // 64])
+        for v in range(8):
+            idx = cute_layout(a_shape, a_stride, t + 128 * v)
+            a[t, v] = torch.tensor([idx % 64, idx // 64])
+    return acc, a
+
+
+_FRAGMENTS = {}
+
+
+def fragments(n):
+    if n not in _FRAGMENTS:
+        _FRAGMENTS[n] = fragment_maps(n)
+    return _FRAGMENTS[n]
+
+
 def random_operands(dtype, n, k_count, data, gen):
     if data == "integer":
         a = torch.randint(-3, 4, (64, k_count), generator=gen).to(dtype)
@@ -153,20 +195,30 @@ def run_wgmma(target, *, dtype=torch.bfloat16, n=64, major_a="K", major_b="K", m
     lbo_b, sbo_b, b_step = operand_layout(n, k_steps, major_b, mode_b, padded)
     a_img = operand_image(a.view(torch.int16), major_a, mode_a, lbo_a, sbo_a)
     b_img = operand_image(b.view(torch.int16), major_b, mode_b, lbo_b, sbo_b)
+    acc_map, a_map = fragments(n)
+    c_regs = c[acc_map[..., 0], acc_map[..., 1]]  # [128, n / 2]
+    # A registers per K step: value 2j in the low half of register j, 2j + 1 in the high half.
+    a_bits = a.view(torch.int16).to(torch.int64) & 0xFFFF
+    a_regs = torch.stack([a_bits[:, 16 * s:16 * s + 16][a_map[..., 0], a_map[..., 1]]
+                          for s in range(k_steps)])  # [k_steps, 128, 8]
+    a_regs = a_regs[..., 0::2] | (a_regs[..., 1::2] << 16)  # [k_steps, 128, 4] uint32 values
+    a_regs = (a_regs - ((a_regs >> 31) << 32)).to(torch.int32)  # the same bits in int32
     dev = target.device
     a_img, b_img = a_img.to(dev), b_img.to(dev)
-    a_rows = a.view(torch.int16).contiguous().to(dev)
-    c_dev = c.to(dev)
-    d = torch.full((64, n), float("nan"), device=dev)
-    args = dict(a_image=ptr(a_img), a_bytes=0 if rs else a_img.numel(), a_rows=ptr(a_rows),
+    a_regs_dev = a_regs.contiguous().to(dev)
+    c_dev = c_regs.contiguous().to(dev)
+    d_regs = torch.full((128, n // 2), float("nan"), device=dev)
+    args = dict(a_image=ptr(a_img), a_bytes=0 if rs else a_img.numel(), a_regs=ptr(a_regs_dev),
                 b_image=ptr(b_img), b_bytes=b_img.numel(),
                 b_offset=0 if rs else (a_img.numel() + 1023) // 1024 * 1024,
-                c=ptr(c_dev), d=ptr(d), n=n, bf16=int(dtype == torch.bfloat16), rs=int(rs),
+                c=ptr(c_dev), d=ptr(d_regs), n=n, bf16=int(dtype == torch.bfloat16), rs=int(rs),
                 major_a=int(major_a == "MN"), major_b=int(major_b == "MN"),
                 swizzle_a=SWIZZLE[mode_a], swizzle_b=SWIZZLE[mode_b], lbo_a=lbo_a, sbo_a=sbo_a,
                 lbo_b=lbo_b, sbo_b=sbo_b, k_steps=k_steps, a_step=a_step, b_step=b_step,
                 accumulate=int(accumulate), flags=flags)
     target("wgmma", args)
+    d = torch.full((64, n), float("nan"))
+    d[acc_map[..., 0], acc_map[..., 1]] = d_regs.cpu()
     ref = a.double() @ b.double().T + (c.double() if accumulate else 0)
     scale = a.double().abs() @ b.double().abs().T + (c.double().abs() if accumulate else 0)
     return d.cpu(), ref, scale
@@ -238,23 +290,25 @@ def test_wgmma_ptx_file_is_generated():
 
 
 def planted(run, seeds=SEEDS):
-    """For each seed: 'ok', 'wrong' or the error message of a run that must be broken."""
+    """For each seed: 'ok', 'wrong' or the emulation's error for a run that must be broken."""
     outcomes = {}
     for s in seeds:
         try:
             outcomes[s] = "ok" if run(Target("emu", s)) else "wrong"
         except RuntimeError as e:
+            if not str(e).startswith("fastattn emulation:"):
+                raise
             outcomes[s] = str(e)
     return outcomes
 
 
-@pytest.mark.parametrize("flag", ["skip_wait", "overwrite_b"])
+@pytest.mark.parametrize("flag", ["skip_wait", "overwrite_b", "overwrite_a_registers"])
 def test_wgmma_missing_wait_gives_wrong_results(flag):
-    flags = {"skip_wait": 1, "overwrite_b": 4}[flag]
+    flags = {"skip_wait": 1, "overwrite_b": 4, "overwrite_a_registers": 16}[flag]
 
     def run(target):
         d, ref, _ = run_wgmma(target, data="integer", k_steps=2, mode_a="128B", mode_b="128B",
-                              flags=flags)
+                              rs=flag == "overwrite_a_registers", flags=flags)
         return torch.equal(d.double(), ref)
 
     outcomes = planted(run)
@@ -411,6 +465,68 @@ def test_tma_missing_synchronisation_is_caught(flag):
     assert any(o != "ok" for o in outcomes.values()), outcomes
 
 
+def run_tma_store(target, *, type_name="bf16", dims, box, coords, mode="none", pad=0,
+                  overwrite=False, seed=0):
+    """Stores a random box image; returns (tensor after the store, expected tensor)."""
+    code, dtype, esize = TMA_TYPES[type_name]
+    gen = torch.Generator().manual_seed(7 + seed)
+    t, strides = make_global(dims, pad, type_name, gen)
+    box_elems = 1
+    for b in box:
+        box_elems *= b
+    vals, _ = make_global([box_elems], 0, type_name, gen)
+    dense = vals.flatten().contiguous().view(torch.uint8)
+    image = torch.empty_like(dense)
+    for c in range(dense.numel() // 16):  # lay the box out as tma_load would
+        a = swizzle_address(mode, 16 * c)
+        image[a:a + 16] = dense[16 * c:16 * c + 16]
+    expected = t.clone()
+    idx = [torch.arange(box[i]) + coords[i] for i in range(len(dims))]
+    grids = torch.meshgrid(*reversed(idx), indexing="ij")
+    inside = torch.ones(grids[0].shape, dtype=torch.bool)
+    for gi, d in zip(grids, reversed(dims)):
+        inside &= (gi >= 0) & (gi < d)
+    boxed = vals.view(*reversed(box))
+    expected[tuple(g[inside] for g in grids)] = boxed[inside]
+    g = t.to(target.device)
+    img = image.to(target.device)
+    args = dict(type=code, rank=len(dims), dims=list(dims), strides=strides, box=list(box),
+                swizzle=SWIZZLE[mode], coords=list(coords), image=ptr(img),
+                overwrite=int(overwrite))
+    args["global"] = ptr(g)
+    target("tma_store", args)
+    return g.cpu(), expected
+
+
+TMA_STORE_CASES = [
+    dict(dims=[64, 40], box=[64, 16], coords=[0, 8], mode="128B"),
+    dict(dims=[64, 40], box=[64, 16], coords=[-8, 30], mode="128B"),   # clipped at 2 edges
+    dict(dims=[32, 9], box=[32, 8], coords=[0, -3], mode="64B", pad=8),
+    dict(dims=[16, 5, 6], box=[16, 4, 3], coords=[0, 3, -1], mode="32B"),
+    dict(dims=[8, 2, 3, 2, 3], box=[8, 2, 2, 2, 2], coords=[-4, 0, 2, 1, 0], mode="none"),
+    dict(dims=[32, 12], box=[32, 8], coords=[0, 9], mode="128B", type_name="f32"),
+]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("case", TMA_STORE_CASES,
+                         ids=[f"case{i}" for i in range(len(TMA_STORE_CASES))])
+def test_tma_store_box(target, case):
+    got, expected = run_tma_store(target, **case)
+    assert torch.equal(got.view(torch.uint8), expected.view(torch.uint8))
+
+
+def test_tma_store_source_overwritten_before_wait_is_caught():
+    case = dict(dims=[64, 40], box=[64, 16], coords=[0, 8], mode="128B")
+
+    def run(target):
+        got, expected = run_tma_store(target, overwrite=True, **case)
+        return torch.equal(got.view(torch.uint8), expected.view(torch.uint8))
+
+    outcomes = planted(run)
+    assert any(o != "ok" for o in outcomes.values()), outcomes
+
+
 # ---------------------------------------------------------------------------------------
 # mbarrier ring, elect.sync, named barriers, setmaxnreg
 # ---------------------------------------------------------------------------------------
@@ -466,6 +582,8 @@ HOPPER_MISUSE = {
     10: "in flight",
     11: "partial warpgroup",
     12: "more arrivals than the init count",
+    13: "not aligned to 1024 bytes",
+    14: r"bar.arrive \(named barrier\).*can never complete",
 }
 
 
@@ -517,5 +635,5 @@ def test_sm90a_sass_has_hopper_instructions(tmp_path):
     env["PATH"] = os.path.dirname(_tool("nvdisasm")) + os.pathsep + env.get("PATH", "")
     sass = subprocess.run([_tool("cuobjdump"), "-sass", str(cubin)], check=True,
                           capture_output=True, text=True, env=env).stdout
-    for op in ("HGMMA", "UTMALDG", "SYNCS", "ELECT", "BAR.ARV"):
+    for op in ("HGMMA", "UTMALDG", "UTMASTG", "SYNCS", "ELECT", "BAR.ARV", "USETMAXREG"):
         assert re.search(rf"\b{re.escape(op)}", sass), f"{op} missing from the sm_90a SASS"

@@ -38,6 +38,7 @@ struct Runners {
   FA_RUNNER_FIELD(smem_poison, SmemPoisonArgs)
   FA_RUNNER_FIELD(wgmma, WgmmaArgs)
   FA_RUNNER_FIELD(tma, TmaArgs)
+  FA_RUNNER_FIELD(tma_store, TmaStoreArgs)
   FA_RUNNER_FIELD(pipeline, PipelineArgs)
   FA_RUNNER_FIELD(named_barrier, NamedBarrierArgs)
   FA_RUNNER_FIELD(hopper_misuse, HopperMisuseArgs)
@@ -48,8 +49,8 @@ struct Runners {
   Runners {                                                                                 \
     is_emulated, ns::run_index, ns::run_mma, ns::run_shfl, ns::run_vote, ns::run_ldmatrix,  \
         ns::run_cp_async, ns::run_reduce, ns::run_atomics, ns::run_math, ns::run_fp8,       \
-        ns::run_misuse, ns::run_smem_poison, ns::run_wgmma, ns::run_tma, ns::run_pipeline,  \
-        ns::run_named_barrier, ns::run_hopper_misuse                                        \
+        ns::run_misuse, ns::run_smem_poison, ns::run_wgmma, ns::run_tma, ns::run_tma_store, \
+        ns::run_pipeline, ns::run_named_barrier, ns::run_hopper_misuse                      \
   }
 
 template <class T>
@@ -71,6 +72,27 @@ void run(const Runners& r, void (*fn)(const Args&), const Args& args, uint64_t s
   } else {
     fn(args);
   }
+}
+
+// TmaBox from a dict of its field names (lists for the per-dimension ones; oob_nan optional).
+pt::TmaBox tma_box(const py::dict& k) {
+  pt::TmaBox t{};
+  t.global = ptr<void>(k["global"].cast<uintptr_t>());
+  t.type = k["type"].cast<int>();
+  t.rank = k["rank"].cast<int>();
+  const auto dims = k["dims"].cast<std::vector<uint64_t>>();
+  const auto strides = k["strides"].cast<std::vector<uint64_t>>();
+  const auto box = k["box"].cast<std::vector<uint32_t>>();
+  const auto coords = k["coords"].cast<std::vector<int32_t>>();
+  for (size_t i = 0; i < 5; ++i) {
+    t.dims[i] = i < dims.size() ? dims[i] : 0;
+    t.strides[i] = i < strides.size() ? strides[i] : 0;
+    t.box[i] = i < box.size() ? box[i] : 0;
+    t.coords[i] = i < coords.size() ? coords[i] : 0;
+  }
+  t.swizzle = k["swizzle"].cast<int>();
+  t.oob_nan = k.contains("oob_nan") ? k["oob_nan"].cast<int>() : 0;
+  return t;
 }
 
 void bind_backend(py::module_ m, Runners r) {
@@ -239,7 +261,7 @@ void bind_backend(py::module_ m, Runners r) {
         pt::WgmmaArgs a{};
         a.a_image = ptr<const uint8_t>(k["a_image"].cast<uintptr_t>());
         a.a_bytes = k["a_bytes"].cast<int>();
-        a.a_rows = ptr<const uint16_t>(k["a_rows"].cast<uintptr_t>());
+        a.a_regs = ptr<const uint32_t>(k["a_regs"].cast<uintptr_t>());
         a.b_image = ptr<const uint8_t>(k["b_image"].cast<uintptr_t>());
         a.b_bytes = k["b_bytes"].cast<int>();
         a.b_offset = k["b_offset"].cast<int>();
@@ -264,28 +286,14 @@ void bind_backend(py::module_ m, Runners r) {
         run(r, r.wgmma, a, s, w);
       },
       py::arg("args"), seed, workers,
-      "One warpgroup: d = a @ b + c (64 x n) with wgmma from shared-memory images; see "
-      "WgmmaArgs in test_kernels.h.");
+      "One warpgroup: d = a @ b + c (64 x n) with wgmma from shared-memory images, registers "
+      "in and out raw; see WgmmaArgs in test_kernels.h.");
 
   m.def(
       "tma",
       [r](py::dict k, uint64_t s, int w) {
         pt::TmaArgs a{};
-        a.global = ptr<const void>(k["global"].cast<uintptr_t>());
-        a.type = k["type"].cast<int>();
-        a.rank = k["rank"].cast<int>();
-        const auto dims = k["dims"].cast<std::vector<uint64_t>>();
-        const auto strides = k["strides"].cast<std::vector<uint64_t>>();
-        const auto box = k["box"].cast<std::vector<uint32_t>>();
-        const auto coords = k["coords"].cast<std::vector<int32_t>>();
-        for (size_t i = 0; i < 5; ++i) {
-          a.dims[i] = i < dims.size() ? dims[i] : 0;
-          a.strides[i] = i < strides.size() ? strides[i] : 0;
-          a.box[i] = i < box.size() ? box[i] : 0;
-          a.coords[i] = i < coords.size() ? coords[i] : 0;
-        }
-        a.swizzle = k["swizzle"].cast<int>();
-        a.oob_nan = k["oob_nan"].cast<int>();
+        a.t = tma_box(k);
         a.loads = k["loads"].cast<int>();
         a.out = ptr<uint8_t>(k["out"].cast<uintptr_t>());
         a.flags = k["flags"].cast<int>();
@@ -293,6 +301,18 @@ void bind_backend(py::module_ m, Runners r) {
       },
       py::arg("args"), seed, workers,
       "TMA box loads through one mbarrier; out [loads, box bytes]; see TmaArgs.");
+
+  m.def(
+      "tma_store",
+      [r](py::dict k, uint64_t s, int w) {
+        pt::TmaStoreArgs a{};
+        a.t = tma_box(k);
+        a.image = ptr<const uint8_t>(k["image"].cast<uintptr_t>());
+        a.overwrite = k["overwrite"].cast<int>();
+        run(r, r.tma_store, a, s, w);
+      },
+      py::arg("args"), seed, workers,
+      "TMA store of a shared-memory box image into global; see TmaStoreArgs.");
 
   m.def(
       "pipeline",

@@ -276,6 +276,8 @@ struct Fiber : ThreadContext {
   void* asan_fake_stack = nullptr;
   std::vector<Copy> open_group;            // issued, not yet committed
   std::deque<std::vector<Copy>> groups;    // committed, oldest first; landed copies removed
+  std::vector<AsyncOp> store_open;             // bulk stores (TMA) issued, not committed
+  std::deque<std::vector<AsyncOp>> store_groups;  // committed bulk groups, oldest first
   const void* wait_bar = nullptr;          // kAtMbarrier: the barrier and parity waited for
   unsigned wait_parity = 0;
   unsigned named_id = 0;                   // kAtNamed: the barrier id
@@ -336,7 +338,8 @@ struct BulkCopy {
 
 struct NamedBarrier {
   unsigned count = 0;    // threads expected in the current phase (from its first arrival)
-  unsigned arrived = 0;
+  unsigned arrived = 0;  // in whole warps of 32
+  uint64_t generation = 0;  // completed phases
 };
 
 struct Warp {
@@ -351,18 +354,19 @@ struct Warp {
 };
 
 struct SmemAlloc {
-  const void* key;  // null for the dynamic allocation
+  const void* key;      // null for the dynamic allocation
   unsigned char* ptr;
   size_t size;
-  size_t align;
-  uint32_t shared;  // its address in the block's shared window (what cvta.to.shared gives)
+  unsigned char* base;  // the host block holding ptr (freed with kSmemPeriod alignment)
+  uint32_t shared;      // its address in the block's shared window (what cvta.to.shared gives)
 };
 
-// Every allocation starts on a 1024-byte boundary both in host memory and in the emulated
-// shared window, so a pointer's low 10 bits are those of its shared address: alignment a
-// kernel computes on generic pointers (up to the 1024-byte period of the 128-byte swizzle)
-// holds for the shared addresses that wgmma and TMA swizzle.
-constexpr size_t kSmemAlign = 1024;
+// The emulated shared window gives each allocation only the alignment the GPU promises (16
+// bytes, or the variable's own alignment), and its host pointer has the same low 10 bits
+// as its window address: alignment a kernel computes on generic pointers (up to the
+// 1024-byte period of the 128-byte swizzle) holds exactly for the shared addresses that
+// wgmma and TMA swizzle, and is never more than the kernel asked for.
+constexpr size_t kSmemPeriod = 1024;
 
 struct LaunchState {
   dim3 grid, block;
@@ -497,23 +501,34 @@ struct Block {
   // Operations of a block abandoned after an error (or checked for at its end).
   void discard_async() {
     for (auto& wg : warpgroups) wg.discard();
+    for (unsigned i = 0; i < nthreads; ++i) {
+      Fiber& f = fibers[i];
+      for (auto& op : f.store_open) destroy(op);
+      f.store_open.clear();
+      for (auto& g : f.store_groups) {
+        for (auto& op : g) destroy(op);
+      }
+      f.store_groups.clear();
+    }
     for (auto& c : bulk_copies) destroy(c.op);
     bulk_copies.clear();
   }
 
   void free_smem() {
-    for (auto& a : smem) ::operator delete(a.ptr, std::align_val_t(a.align));
+    for (auto& a : smem) ::operator delete(a.base, std::align_val_t(kSmemPeriod));
     smem.clear();
     smem_total = 0;
     smem_window = 0;
   }
 
-  unsigned char* alloc_smem(const void* key, size_t size, size_t align) {
-    align = std::max(align, kSmemAlign);
-    auto* p = static_cast<unsigned char*>(::operator new(size, std::align_val_t(align)));
+  // `at`: the window address, or ~0 for the next one with `align`.
+  unsigned char* alloc_smem(const void* key, size_t size, size_t align, size_t at = ~size_t(0)) {
+    if (at == ~size_t(0)) at = (smem_window + align - 1) / align * align;
+    auto* base = static_cast<unsigned char*>(
+        ::operator new(size + kSmemPeriod, std::align_val_t(kSmemPeriod)));
+    unsigned char* p = base + at % kSmemPeriod;
     std::memset(p, 0xff, size);
-    const size_t at = (smem_window + align - 1) / align * align;
-    smem.push_back({key, p, size, align, uint32_t(at)});
+    smem.push_back({key, p, size, base, uint32_t(at)});
     smem_window = at + size;
     smem_total += size;
     return p;
@@ -540,9 +555,10 @@ struct Block {
     mbarriers.clear();
     discard_async();
     for (auto& nb : named) nb = NamedBarrier{};
-    // 1024-byte alignment: the period of the 128-byte swizzle pattern, which wgmma and TMA
-    // compute from address bits (GPU kernels align their swizzled tiles the same way).
-    alloc_smem(nullptr, launch.smem_bytes, kSmemAlign);
+    // On the GPU dynamic shared memory follows the static variables: only its 16-byte
+    // alignment is promised. It starts 16..112 bytes past a 128-byte boundary here (by
+    // schedule), so kernels must align swizzled tiles and TMA buffers themselves.
+    alloc_smem(nullptr, launch.smem_bytes, 16, 16 * (1 + schedule.seed % 7));
 
     ready.reset(nthreads);
     for (unsigned i = 0; i < nthreads; ++i) {
@@ -746,6 +762,20 @@ void land_all(Fiber* f) {
 void land_bulk_copy(Block& b, size_t i);
 void land_oldest_wgmma(Warpgroup& wg);
 
+// The oldest bulk store of the thread (committed groups first, in issue order).
+void land_oldest_store(Fiber* f) {
+  std::vector<AsyncOp>& q = f->store_groups.empty() ? f->store_open : f->store_groups.front();
+  if (!q.empty()) {
+    AsyncOp op = q.front();
+    q.erase(q.begin());
+    op.run(op.payload);
+    destroy(op);
+  }
+  if (!f->store_groups.empty() && f->store_groups.front().empty()) f->store_groups.pop_front();
+}
+
+bool stores_pending(const Fiber* f) { return !f->store_open.empty() || !f->store_groups.empty(); }
+
 // AsyncTiming::kRandom: each pending copy of this thread lands here with probability 1/2.
 void maybe_land(Fiber* f) {
   Block* b = f->block;
@@ -771,6 +801,7 @@ void maybe_land(Fiber* f) {
       ++i;
     }
   }
+  while (stores_pending(f) && b->rng.coin()) land_oldest_store(f);
   // The warpgroup's wgmma operations land in issue order: each further one with
   // probability 1/2.
   if (f->warp / 4 < b->warpgroups.size()) {
@@ -782,6 +813,10 @@ void maybe_land(Fiber* f) {
 void fiber_exit(Fiber* f) {
   Block* b = f->block;
   land_all(f);
+  if (stores_pending(f)) {
+    abort_fiber(f, "thread exited with bulk stores (TMA) in flight: bulk_wait_group_read<0>() "
+                   "must cover them before the block's shared memory goes away");
+  }
   b->set_state(*f, State::kExited);
   ++b->exited;
   Warp& w = b->warps[f->warp];
@@ -999,7 +1034,10 @@ uint32_t shared_address(const void* p) {
   Fiber* f = current_fiber();
   const auto* q = static_cast<const unsigned char*>(p);
   for (const auto& a : f->block->smem) {
-    if (q >= a.ptr && q <= a.ptr + a.size) return a.shared + uint32_t(q - a.ptr);
+    if (q >= a.ptr && q < a.ptr + a.size) return a.shared + uint32_t(q - a.ptr);
+  }
+  for (const auto& a : f->block->smem) {  // one past the end
+    if (q == a.ptr + a.size) return a.shared + uint32_t(a.size);
   }
   abort_fiber(f, format("cvta.to.shared: %p is not in the block's shared memory", p));
 }
@@ -1024,7 +1062,7 @@ void* static_smem(const void* key, size_t size, size_t align) {
   for (size_t i = 1; i < b.smem.size(); ++i) {
     if (b.smem[i].key == key) return b.smem[i].ptr;
   }
-  if (b.smem_total + size > kMaxSharedBytes || b.smem_window + size + kSmemAlign > (1u << 18)) {
+  if (b.smem_window + align + size > kMaxSharedBytes) {
     abort_fiber(f, format("shared memory exhausted: %zu bytes in use, %zu more requested, limit "
                           "%zu",
                           b.smem_total, size, kMaxSharedBytes));
@@ -1091,6 +1129,15 @@ void check_phase(Block& b, MBarrier& m) {
         (m.phase & 1) != t.wait_parity) {
       b.set_state(t, State::kReady);
     }
+  }
+}
+
+// The tx-count's range is +-(2^20 - 1).
+void add_tx(Fiber* f, MBarrier& m, unsigned bytes) {
+  m.tx += bytes;
+  if (m.tx >= (int64_t(1) << 20)) {
+    abort_fiber(f, format("mbarrier %p: tx-count %lld exceeds 2^20 - 1 bytes in one phase", m.addr,
+                          (long long)m.tx));
   }
 }
 
@@ -1286,7 +1333,7 @@ uint64_t mbarrier_arrive(void* bar, unsigned tx_bytes) {
                           bar, m.expected, (unsigned long long)m.phase));
   }
   const uint64_t phase = m.phase;
-  m.tx += tx_bytes;
+  add_tx(f, m, tx_bytes);
   --m.pending;
   check_phase(b, m);
   yield(f);
@@ -1296,7 +1343,9 @@ uint64_t mbarrier_arrive(void* bar, unsigned tx_bytes) {
 void mbarrier_expect_tx(void* bar, unsigned tx_bytes) {
   Fiber* f = current_fiber();
   MBarrier& m = armed_mbarrier(f, bar, "mbarrier.expect_tx");
-  m.tx += tx_bytes;
+  add_tx(f, m, tx_bytes);
+  // A copy may have landed first (tx-count below 0): this can complete the phase.
+  check_phase(*f->block, m);
 }
 
 void mbarrier_wait_parity(void* bar, unsigned parity) {
@@ -1326,6 +1375,70 @@ void bulk_copy_issue(void* bar, unsigned bytes, AsyncOp op) {
   maybe_land(f);
 }
 
+void bulk_store_issue(AsyncOp op) {
+  Fiber* f = current_fiber();
+  f->store_open.push_back(op);
+  if (f->block->schedule.async_timing == AsyncTiming::kAtIssue) {
+    while (stores_pending(f)) land_oldest_store(f);
+  }
+  maybe_land(f);
+}
+
+void bulk_commit() {
+  Fiber* f = current_fiber();
+  f->store_groups.emplace_back(std::move(f->store_open));
+  f->store_open.clear();
+  maybe_land(f);
+}
+
+void bulk_wait(unsigned n) {
+  Fiber* f = current_fiber();
+  maybe_land(f);
+  while (f->store_groups.size() > n) land_oldest_store(f);
+}
+
+namespace {
+
+struct NamedOperand {
+  unsigned id, count;
+};
+
+// The last lane of the warp: the warp arrives as 32 threads (bar counts whole warps).
+void named_barrier_fn(const void* const* ops, void* const* res) {
+  Fiber* f = current_fiber();
+  Block& b = *f->block;
+  const auto& o0 = *static_cast<const NamedOperand*>(ops[0]);
+  for (unsigned lane = 1; lane < 32; ++lane) {
+    const auto& o = *static_cast<const NamedOperand*>(ops[lane]);
+    if (o.id != o0.id || o.count != o0.count) {
+      fail("bar %u, %u in lane %u, bar %u, %u in lane 0: the lanes of a warp must name the same "
+           "barrier and count",
+           o.id, o.count, lane, o0.id, o0.count);
+    }
+  }
+  NamedBarrier& nb = b.named[o0.id];
+  if (nb.arrived == 0) {
+    nb.count = o0.count;
+  } else if (nb.count != o0.count) {
+    fail("bar %u, %u: %u thread(s) arrived at this barrier's current phase with a thread count "
+         "of %u",
+         o0.id, o0.count, nb.arrived, nb.count);
+  }
+  const uint64_t generation = nb.generation;
+  nb.arrived += 32;
+  if (nb.arrived == nb.count) {
+    nb.arrived = 0;
+    ++nb.generation;
+    for (unsigned i = 0; i < b.nthreads; ++i) {
+      Fiber& t = b.fibers[i];
+      if (t.state == State::kAtNamed && t.named_id == o0.id) b.set_state(t, State::kReady);
+    }
+  }
+  for (unsigned lane = 0; lane < 32; ++lane) *static_cast<uint64_t*>(res[lane]) = generation;
+}
+
+}  // namespace
+
 void named_barrier(unsigned id, unsigned count, bool wait) {
   Fiber* f = current_fiber();
   Block& b = *f->block;
@@ -1338,26 +1451,16 @@ void named_barrier(unsigned id, unsigned count, bool wait) {
                           "most the block size (%u)",
                           what, id, count, b.nthreads));
   }
-  maybe_land(f);
-  NamedBarrier& nb = b.named[id];
-  if (nb.arrived == 0) {
-    nb.count = count;
-  } else if (nb.count != count) {
-    abort_fiber(f, format("%s %u, %u: %u thread(s) arrived at this barrier's current phase with "
-                          "a thread count of %u",
-                          what, id, count, nb.arrived, nb.count));
-  }
-  if (++nb.arrived == nb.count) {
-    nb.arrived = 0;
-    for (unsigned i = 0; i < b.nthreads; ++i) {
-      Fiber& t = b.fibers[i];
-      if (t.state == State::kAtNamed && t.named_id == id) b.set_state(t, State::kReady);
-    }
-  } else if (wait) {
+  // A warp collective: every lane of the warp executes the (.aligned) instruction.
+  const NamedOperand op{id, count};
+  uint64_t generation = 0;
+  warp_collective(wait ? "bar.sync (named barrier)" : "bar.arrive (named barrier)",
+                  named_barrier_fn, &op, &generation);
+  while (wait && b.named[id].generation == generation) {
     f->named_id = id;
     b.set_state(*f, State::kAtNamed);
+    yield(f);
   }
-  yield(f);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -161,17 +161,19 @@ struct SmemPoisonArgs {
 // One warpgroup computes D = A * B + C (64 x N, K = 16 * k_steps) with wgmma. The A and B
 // operands are given as shared-memory images (bytes laid out by the test per the ISA's
 // canonical layouts and swizzles), copied to dynamic shared memory at offset 0 (A) and
-// b_offset (B); step s of K uses descriptors advanced by s * {a,b}_step bytes. With rs,
-// A comes from registers: a_rows [64, K] 16-bit, loaded per the fragment layout.
+// b_offset (B); step s of K uses descriptors advanced by s * {a,b}_step bytes. Registers go
+// in and out raw, so that the test maps them to matrix elements itself: c and d hold
+// thread r's accumulator register i at [r, i]; with rs, a_regs[s, r, j] is A register j of
+// thread r for K step s.
 struct WgmmaArgs {
   const uint8_t* a_image;
   int a_bytes;
-  const uint16_t* a_rows;  // [64, 16 * k_steps], rs only
+  const uint32_t* a_regs;  // [k_steps, 128, 4], rs only
   const uint8_t* b_image;
   int b_bytes;
   int b_offset;            // a multiple of 1024
-  const float* c;          // [64, n]
-  float* d;                // [64, n]
+  const float* c;          // [128, n / 2]
+  float* d;                // [128, n / 2]
   int n;
   int bf16;
   int rs;
@@ -187,20 +189,26 @@ constexpr int kWgmmaSkipWait = 1;        // read the accumulators without wait_g
 constexpr int kWgmmaSkipFence = 2;       // no wgmma.fence before the first wgmma
 constexpr int kWgmmaOverwriteB = 4;      // zero B in shared memory before the wait
 constexpr int kWgmmaExitInFlight = 8;    // exit without waiting (error)
+constexpr int kWgmmaOverwriteA = 16;     // zero the A registers before the wait (rs)
+
+// A tensor map's fields (TensorMapSpec) and a box's coordinates.
+struct TmaBox {
+  void* global;
+  int type;                // TmaType
+  int rank;
+  uint64_t dims[5];
+  uint64_t strides[5];     // bytes; [0] unused
+  uint32_t box[5];
+  int swizzle;             // Swizzle
+  int oob_nan;
+  int32_t coords[5];
+};
 
 // TMA: `loads` boxes through one mbarrier and one shared buffer; load l reads the box at
 // coords with the outermost coordinate moved by l * box[rank - 1]; out[l] receives the raw
 // shared-memory bytes of the box (swizzle included).
 struct TmaArgs {
-  const void* global;
-  int type;                // TmaType
-  int rank;
-  uint64_t dims[5];
-  uint64_t strides[5];
-  uint32_t box[5];
-  int swizzle;             // Swizzle
-  int oob_nan;
-  int32_t coords[5];
+  TmaBox t;
   int loads;
   uint8_t* out;            // [loads, box bytes]
   int flags;               // kTmaSkip*: planted bugs
@@ -208,6 +216,16 @@ struct TmaArgs {
 constexpr int kTmaSkipExpectTx = 1;  // plain arrive instead of arrive.expect_tx
 constexpr int kTmaSkipWait = 2;      // consumers read without waiting on the barrier
 constexpr int kTmaNoParityFlip = 4;  // consumers always wait for parity 0
+
+// TMA store: `image` (the box's shared-memory bytes, swizzled as tma_load lays them out) is
+// copied to shared memory, then one thread stores the box into `global` at coords (elements
+// outside the tensor are not written). overwrite: that thread zeroes the tile right after
+// issuing, before bulk_wait_group_read (planted bug).
+struct TmaStoreArgs {
+  TmaBox t;
+  const uint8_t* image;    // [box bytes]
+  int overwrite;
+};
 
 // Producer/consumer ring: warpgroup 0 produces (setmaxnreg.dec; warp 0's elected lane
 // issues a TMA load of tile t into stage t % stages after waiting for the stage to be
@@ -255,6 +273,7 @@ struct HopperMisuseArgs {
   void run_smem_poison(const SmemPoisonArgs&);    \
   void run_wgmma(const WgmmaArgs&);                \
   void run_tma(const TmaArgs&);                    \
+  void run_tma_store(const TmaStoreArgs&);         \
   void run_pipeline(const PipelineArgs&);          \
   void run_named_barrier(const NamedBarrierArgs&); \
   void run_hopper_misuse(const HopperMisuseArgs&);

@@ -37,13 +37,8 @@ FA_DEVICE T* aligned_smem() {
 // ---------------------------------------------------------------------------------------
 // wgmma
 // ---------------------------------------------------------------------------------------
-// (m, n) of accumulator register i of warpgroup thread r (wgmma.h).
-FA_DEVICE void acc_coord(int r, int i, int& m, int& n) {
-  const int w = r / 32, g = (r % 32) / 4, t = r % 4;
-  m = 16 * w + g + ((i % 4) >= 2 ? 8 : 0);
-  n = 8 * (i / 4) + 2 * t + (i & 1);
-}
-
+// Registers in and out raw (the test maps them to matrix elements from its own statement of
+// the fragment layouts).
 template <class T, int N, bool kRs, Major kMajorA, Major kMajorB>
 FA_KERNEL void FA_LAUNCH_BOUNDS(128) wgmma_kernel(WgmmaArgs args) {
   uint8_t* smem = aligned_smem<uint8_t>();
@@ -55,28 +50,17 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(128) wgmma_kernel(WgmmaArgs args) {
 
   float acc[N / 2];
   FA_UNROLL
-  for (int i = 0; i < N / 2; ++i) {
-    int m, n;
-    acc_coord(r, i, m, n);
-    acc[i] = args.c[m * N + n];
-  }
+  for (int i = 0; i < N / 2; ++i) acc[i] = args.c[r * (N / 2) + i];
   const uint64_t desc_a0 = make_smem_desc(smem, Swizzle(args.swizzle_a), args.lbo_a, args.sbo_a);
   const uint64_t desc_b0 =
       make_smem_desc(smem + args.b_offset, Swizzle(args.swizzle_b), args.lbo_b, args.sbo_b);
-  const int kk = 16 * args.k_steps;
-  const int w = r / 32, g = (r % 32) / 4, t = r % 4;
   uint32_t a_regs[kRs ? 8 : 1][4];  // k_steps <= 8
   (void)a_regs;
   if constexpr (kRs) {
     for (int s = 0; s < args.k_steps; ++s) {
-      for (int i = 0; i < 4; ++i) {
-        const int m = 16 * w + g + ((i & 1) ? 8 : 0);
-        const int k = 16 * s + 2 * t + ((i & 2) ? 8 : 0);
-        a_regs[s][i] =
-            uint32_t(args.a_rows[m * kk + k]) | (uint32_t(args.a_rows[m * kk + k + 1]) << 16);
-      }
+      for (int i = 0; i < 4; ++i) a_regs[s][i] = args.a_regs[(s * 128 + r) * 4 + i];
+      wgmma_fence_operand(a_regs[s]);
     }
-    for (int s = 0; s < args.k_steps; ++s) wgmma_fence_operand(a_regs[s]);
   }
   wgmma_fence_operand(acc);
   if (!(args.flags & kWgmmaSkipFence)) wgmma_fence();
@@ -94,15 +78,18 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(128) wgmma_kernel(WgmmaArgs args) {
   if (args.flags & kWgmmaOverwriteB) {
     for (int i = r; i < args.b_bytes; i += 128) smem[args.b_offset + i] = 0;
   }
+  if constexpr (kRs) {
+    if (args.flags & kWgmmaOverwriteA) {
+      for (int s = 0; s < args.k_steps; ++s) {
+        for (int i = 0; i < 4; ++i) a_regs[s][i] = 0;
+      }
+    }
+  }
   if (args.flags & kWgmmaExitInFlight) return;
   if (!(args.flags & kWgmmaSkipWait)) wgmma_wait_group<0>();
   wgmma_fence_operand(acc);
   FA_UNROLL
-  for (int i = 0; i < N / 2; ++i) {
-    int m, n;
-    acc_coord(r, i, m, n);
-    args.d[m * N + n] = acc[i];
-  }
+  for (int i = 0; i < N / 2; ++i) args.d[r * (N / 2) + i] = acc[i];
   if (args.flags & kWgmmaSkipWait) wgmma_wait_group<0>();  // the registers must outlive it
 }
 
@@ -113,8 +100,9 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(128)
     tma_kernel(const FA_GRID_CONSTANT TensorMap map, TmaArgs args) {
   FA_SHARED(uint64_t, bar);
   uint8_t* buf = aligned_smem<uint8_t>();
-  unsigned bytes = tma_type_bytes(TmaType(args.type));
-  for (int i = 0; i < args.rank; ++i) bytes *= args.box[i];
+  const TmaBox& t = args.t;
+  unsigned bytes = tma_type_bytes(TmaType(t.type));
+  for (int i = 0; i < t.rank; ++i) bytes *= t.box[i];
   const int r = int(thread_rank());
   if (r == 0) {
     mbarrier_init(&bar, 1);
@@ -132,9 +120,9 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(128)
         mbarrier_arrive_expect_tx(&bar, bytes);
       }
       int32_t c[5];
-      for (int i = 0; i < 5; ++i) c[i] = args.coords[i];
-      c[args.rank - 1] += l * int32_t(args.box[args.rank - 1]);
-      switch (args.rank) {
+      for (int i = 0; i < 5; ++i) c[i] = t.coords[i];
+      c[t.rank - 1] += l * int32_t(t.box[t.rank - 1]);
+      switch (t.rank) {
         case 1: tma_load<1>(buf, &map, &bar, {c[0]}); break;
         case 2: tma_load<2>(buf, &map, &bar, {c[0], c[1]}); break;
         case 3: tma_load<3>(buf, &map, &bar, {c[0], c[1], c[2]}); break;
@@ -151,6 +139,35 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(128)
   if (args.flags & (kTmaSkipWait | kTmaNoParityFlip)) {
     // Let the last copy land before the block ends (its bytes are no longer read).
     mbarrier_wait(&bar, unsigned((args.loads - 1) & 1));
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// TMA store
+// ---------------------------------------------------------------------------------------
+FA_KERNEL void FA_LAUNCH_BOUNDS(128)
+    tma_store_kernel(const FA_GRID_CONSTANT TensorMap map, TmaStoreArgs args) {
+  uint8_t* tile = aligned_smem<uint8_t>();
+  unsigned bytes = tma_type_bytes(TmaType(args.t.type));
+  for (int i = 0; i < args.t.rank; ++i) bytes *= args.t.box[i];
+  for (unsigned i = thread_rank(); i < bytes; i += 128) tile[i] = args.image[i];
+  fence_proxy_async();  // ordinary stores, read by the bulk store (the async proxy)
+  sync_block();
+  if (thread_rank() == 0) {
+    const int32_t* c = args.t.coords;
+    switch (args.t.rank) {
+      case 1: tma_store<1>(&map, tile, {c[0]}); break;
+      case 2: tma_store<2>(&map, tile, {c[0], c[1]}); break;
+      case 3: tma_store<3>(&map, tile, {c[0], c[1], c[2]}); break;
+      case 4: tma_store<4>(&map, tile, {c[0], c[1], c[2], c[3]}); break;
+      default: tma_store<5>(&map, tile, {c[0], c[1], c[2], c[3], c[4]}); break;
+    }
+    bulk_commit_group();
+    if (args.overwrite) {
+      for (unsigned i = 0; i < bytes; ++i) tile[i] = 0;
+    }
+    bulk_wait_group_read<0>();
+    bulk_wait_group<0>();
   }
 }
 
@@ -237,6 +254,7 @@ FA_KERNEL void named_barrier_kernel(NamedBarrierArgs args) {
 
 // ---------------------------------------------------------------------------------------
 // Misuse the emulation must report (kind 0 is correct code). 128 threads, 64 for kind 11.
+// `map`: 32 floats of scratch, `map128`: the same with the 128-byte swizzle.
 // ---------------------------------------------------------------------------------------
 // One small wgmma (m64n16k16, bf16) on `smem`: fence (unless told not to), issue, commit and
 // wait (unless told not to).
@@ -249,7 +267,8 @@ FA_DEVICE void small_wgmma(float (&acc)[8], uint64_t desc_a, uint64_t desc_b, bo
 }
 
 FA_KERNEL void FA_LAUNCH_BOUNDS(128, 1)
-    hopper_misuse_kernel(const FA_GRID_CONSTANT TensorMap map, HopperMisuseArgs args) {
+    hopper_misuse_kernel(const FA_GRID_CONSTANT TensorMap map,
+                         const FA_GRID_CONSTANT TensorMap map128, HopperMisuseArgs args) {
   FA_SHARED(uint64_t[2], bar);
   uint8_t* smem = dynamic_smem<uint8_t>();  // 4096 bytes
   const int r = int(thread_rank());
@@ -306,7 +325,7 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(128, 1)
     case 9:  // TMA into a destination that is not 128-byte aligned
       if (r == 0) {
         mbarrier_init(&bar[0], 1);
-        tma_load<1>(smem + 16, &map, &bar[0], {0});
+        tma_load<1>(aligned_smem<uint8_t>() + 16, &map, &bar[0], {0});
       }
       break;
     case 10:  // exit with a wgmma in flight
@@ -321,6 +340,15 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(128, 1)
       if (r == 0) mbarrier_arrive_expect_tx(&bar[0], 64);
       sync_block();
       if (r == 1) mbarrier_arrive(&bar[0]);
+      break;
+    case 14:  // one lane arrives at a named barrier (bar.arrive is per warp, all lanes)
+      if (lane_id() == 0) named_barrier_arrive(1, 128);
+      break;
+    case 13:  // a 128B-swizzled TMA into dynamic shared memory that the kernel did not align
+      if (r == 0) {
+        mbarrier_init(&bar[0], 1);
+        tma_load<1>(smem, &map128, &bar[0], {0});
+      }
       break;
   }
   args.scratch[r] = v;
@@ -373,23 +401,36 @@ void run_wgmma(const WgmmaArgs& a) {
   dev::synchronize();
 }
 
-void run_tma(const TmaArgs& a) {
+// The map of `t` (encoded on the host) and its box bytes.
+size_t tma_map(const TmaBox& t, dev::TensorMap* map) {
   dev::TensorMapSpec spec;
-  spec.type = dev::TmaType(a.type);
-  spec.rank = a.rank;
-  spec.global = a.global;
+  spec.type = dev::TmaType(t.type);
+  spec.rank = t.rank;
+  spec.global = t.global;
   size_t bytes = dev::tma_type_bytes(spec.type);
   for (int i = 0; i < 5; ++i) {
-    spec.dims[i] = a.dims[i];
-    spec.strides[i] = a.strides[i];
-    spec.box[i] = a.box[i];
+    spec.dims[i] = t.dims[i];
+    spec.strides[i] = t.strides[i];
+    spec.box[i] = t.box[i];
   }
-  for (int i = 0; i < a.rank; ++i) bytes *= a.box[i];
-  spec.swizzle = dev::Swizzle(a.swizzle);
-  spec.oob_nan = a.oob_nan != 0;
+  for (int i = 0; i < t.rank; ++i) bytes *= t.box[i];
+  spec.swizzle = dev::Swizzle(t.swizzle);
+  spec.oob_nan = t.oob_nan != 0;
+  dev::make_tensor_map(map, spec);
+  return bytes;
+}
+
+void run_tma(const TmaArgs& a) {
   dev::TensorMap map;
-  dev::make_tensor_map(&map, spec);
+  const size_t bytes = tma_map(a.t, &map);
   dev::launch(tma_kernel, {dev::dim3(1), dev::dim3(128), bytes + kAlignSlack}, map, a);
+  dev::synchronize();
+}
+
+void run_tma_store(const TmaStoreArgs& a) {
+  dev::TensorMap map;
+  const size_t bytes = tma_map(a.t, &map);
+  dev::launch(tma_store_kernel, {dev::dim3(1), dev::dim3(128), bytes + kAlignSlack}, map, a);
   dev::synchronize();
 }
 
@@ -424,9 +465,12 @@ void run_hopper_misuse(const HopperMisuseArgs& a) {
   spec.global = a.scratch;
   spec.dims[0] = 1024;
   spec.box[0] = 32;
-  dev::TensorMap map;
+  dev::TensorMap map, map128;
   dev::make_tensor_map(&map, spec);
-  dev::launch(hopper_misuse_kernel, {dev::dim3(1), dev::dim3(a.kind == 11 ? 64 : 128), 4096}, map,
+  spec.swizzle = dev::Swizzle::k128B;
+  dev::make_tensor_map(&map128, spec);
+  dev::launch(hopper_misuse_kernel,
+              {dev::dim3(1), dev::dim3(a.kind == 11 ? 64 : 128), 4096 + kAlignSlack}, map, map128,
               a);
   dev::synchronize();
 }

@@ -93,17 +93,25 @@ FA_DEVICE void mbarrier_expect_tx(uint64_t* bar, unsigned bytes) {
 
 // Waits until the phase of parity `parity` (0 or 1) has completed: mbarrier.try_wait.parity
 // in a loop on the GPU (try_wait suspends the thread for a while before it returns false).
+// Defining FA_MBARRIER_TIMEOUT_CYCLES (test builds) traps a wait longer than that many
+// clock cycles, so that a phase which never completes fails the launch instead of hanging.
 FA_DEVICE void mbarrier_wait(uint64_t* bar, unsigned parity) {
 #if defined(__CUDACC__)
 #if defined(FA_SM90)
   const uint32_t addr = smem_u32(bar);
   uint32_t done = 0;
+#if defined(FA_MBARRIER_TIMEOUT_CYCLES)
+  const long long start = clock64();
+#endif
   do {
     asm volatile(
         "{\n\t.reg .pred p;\n\t"
         "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
         "selp.u32 %0, 1, 0, p;\n\t}"
         : "=r"(done) : "r"(addr), "r"(parity) : "memory");
+#if defined(FA_MBARRIER_TIMEOUT_CYCLES)
+    if (!done && clock64() - start > (long long)(FA_MBARRIER_TIMEOUT_CYCLES)) __trap();
+#endif
   } while (!done);
 #else
   __trap();

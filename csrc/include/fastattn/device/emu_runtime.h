@@ -191,6 +191,15 @@ void mbarrier_wait_parity(void* bar, unsigned parity);
 // error.
 void bulk_copy_issue(void* bar, unsigned bytes, AsyncOp op);
 
+// Bulk stores (TMA shared -> global) of the calling thread, in bulk async-groups:
+// bulk_commit closes a group (cp.async.bulk.commit_group), bulk_wait(n) lands all but the
+// newest n groups (cp.async.bulk.wait_group[.read] n). A store reads shared memory and
+// writes global memory when it lands: at issue, at a random synchronisation point of the
+// thread, or at the covering wait, per the schedule; at the latest when the thread exits.
+void bulk_store_issue(AsyncOp op);
+void bulk_commit();
+void bulk_wait(unsigned n);
+
 // bar.sync / bar.arrive with a barrier id (1..15; id 0 is sync_block's) and a thread count
 // (a multiple of 32, at most the block size). Every arrival of one phase must give the same
 // count.

@@ -1,6 +1,7 @@
 #pragma once
 // The tensor memory accelerator (TMA, sm_90): a tile ("box") of a 1-5 dimensional global
-// tensor copied into shared memory by one thread's instruction, completing on an mbarrier.
+// tensor copied into shared memory by one thread's instruction, completing on an mbarrier;
+// and the way back (tma_store, completing in the thread's bulk async-groups).
 //
 // Host: make_tensor_map(&map, spec) encodes the tensor (address, sizes, byte strides), the
 // box, the shared-memory swizzle and the out-of-bounds fill. On CUDA that is the driver's
@@ -189,6 +190,33 @@ inline void make_tensor_map(TensorMap* map, const TensorMapSpec& spec) {
 
 namespace detail {
 #if !defined(__CUDACC__)
+// The box elements of `m` at `coords`, in box order (innermost fastest): fn(byte offset in
+// the box before the swizzle, byte offset in the tensor, whether it is inside the tensor).
+template <class Fn>
+inline void for_each_box_element(const EmuTensorMap& m, const int32_t* coords, Fn fn) {
+  const unsigned esize = tma_type_bytes(TmaType(m.type));
+  uint32_t idx[5] = {0, 0, 0, 0, 0};
+  size_t total = 1;
+  for (int i = 0; i < m.rank; ++i) total *= m.box[i];
+  for (size_t e = 0; e < total; ++e) {
+    bool inside = true;
+    uint64_t offset = 0;
+    for (int i = 0; i < m.rank; ++i) {
+      const int64_t c = int64_t(coords[i]) + idx[i];
+      if (c < 0 || uint64_t(c) >= m.dims[i]) inside = false;
+      offset += uint64_t(c) * m.strides[i];
+    }
+    fn(uint32_t(e * esize), offset, inside);
+    for (int i = 0; i < m.rank; ++i) {
+      if (++idx[i] < m.box[i]) break;
+      idx[i] = 0;
+    }
+  }
+}
+
+// The shared-memory side of a box is dense rows of box[0] elements whose 16-byte chunks
+// the swizzle permutes by the address bits above them; the tile is aligned to the period,
+// so offsets relative to it swizzle like the addresses.
 struct TmaLoad {
   EmuTensorMap map;
   int32_t coords[5];
@@ -196,26 +224,15 @@ struct TmaLoad {
 
   static void run(void* self) {
     const auto& t = *static_cast<const TmaLoad*>(self);
-    const EmuTensorMap& m = t.map;
-    const unsigned esize = tma_type_bytes(TmaType(m.type));
-    const auto sw = Swizzle(m.swizzle);
-    uint32_t idx[5] = {0, 0, 0, 0, 0};
-    size_t total = 1;
-    for (int i = 0; i < m.rank; ++i) total *= m.box[i];
-    for (size_t e = 0; e < total; ++e) {
-      bool inside = true;
-      uint64_t offset = 0;
-      for (int i = 0; i < m.rank; ++i) {
-        const int64_t c = int64_t(t.coords[i]) + idx[i];
-        if (c < 0 || uint64_t(c) >= m.dims[i]) inside = false;
-        offset += uint64_t(c) * m.strides[i];
-      }
-      // The destination row is box[0] elements; the swizzle permutes 16-byte chunks by the
-      // bits of the address above them (dst is aligned to the period, so relative offsets do).
-      unsigned char* out = t.dst + swizzle_address(sw, uint32_t(e * esize));
+    const unsigned esize = tma_type_bytes(TmaType(t.map.type));
+    const auto sw = Swizzle(t.map.swizzle);
+    const auto* global = reinterpret_cast<const unsigned char*>(t.map.global);
+    const bool nan_fill = t.map.oob_nan;
+    for_each_box_element(t.map, t.coords, [&](uint32_t at, uint64_t offset, bool inside) {
+      unsigned char* out = t.dst + swizzle_address(sw, at);
       if (inside) {
-        std::memcpy(out, reinterpret_cast<const unsigned char*>(m.global) + offset, esize);
-      } else if (m.oob_nan) {
+        std::memcpy(out, global + offset, esize);
+      } else if (nan_fill) {
         // A quiet NaN; the bits the hardware writes are not documented (tests check NaN-ness).
         const uint32_t nan32 = 0x7fffffffu;
         const uint16_t nan16 = 0x7fffu;
@@ -227,14 +244,54 @@ struct TmaLoad {
       } else {
         std::memset(out, 0, esize);
       }
-      for (int i = 0; i < m.rank; ++i) {
-        if (++idx[i] < m.box[i]) break;
-        idx[i] = 0;
-      }
-    }
+    });
   }
   static void destroy(void* self) { delete static_cast<TmaLoad*>(self); }
 };
+
+struct TmaStore {
+  EmuTensorMap map;
+  int32_t coords[5];
+  const unsigned char* src;  // host pointer of the shared-memory source
+
+  // Elements outside the tensor are not written (the box is clipped).
+  static void run(void* self) {
+    const auto& t = *static_cast<const TmaStore*>(self);
+    const unsigned esize = tma_type_bytes(TmaType(t.map.type));
+    const auto sw = Swizzle(t.map.swizzle);
+    auto* global = reinterpret_cast<unsigned char*>(t.map.global);
+    for_each_box_element(t.map, t.coords, [&](uint32_t at, uint64_t offset, bool inside) {
+      if (inside) std::memcpy(global + offset, t.src + swizzle_address(sw, at), esize);
+    });
+  }
+  static void destroy(void* self) { delete static_cast<TmaStore*>(self); }
+};
+
+// Copies the map at `map` into `m` after checking it for a TMA of `rank` coordinates whose
+// shared-memory side is `smem` (aligned to 128 bytes and to the swizzle period, the whole
+// box in one allocation); returns the box bytes.
+inline size_t checked_tma(EmuTensorMap& m, const TensorMap* map, int rank, const void* smem,
+                          const char* what) {
+  std::memcpy(&m, map, sizeof m);
+  if (m.magic != kEmuTensorMapMagic) {
+    ::fastattn::emu::fail("%s: the tensor map at %p was not made by make_tensor_map", what,
+                          static_cast<const void*>(map));
+  }
+  if (m.rank != rank) {
+    ::fastattn::emu::fail("%s: %d coordinates for a rank-%d tensor map", what, rank, int(m.rank));
+  }
+  size_t bytes = tma_type_bytes(TmaType(m.type));
+  for (int i = 0; i < rank; ++i) bytes *= m.box[i];
+  const uint32_t addr = smem_u32(smem);
+  const unsigned period = swizzle_period(Swizzle(m.swizzle));
+  if (addr % 128 || (period && addr % period)) {
+    ::fastattn::emu::fail("%s: shared address 0x%x is not aligned to %u bytes%s", what, addr,
+                          period > 128 ? period : 128u,
+                          period > 128 ? " (the map's swizzle period)" : "");
+  }
+  ::fastattn::emu::shared_pointer(addr, bytes, what);
+  return bytes;
+}
 #endif
 }  // namespace detail
 
@@ -282,29 +339,101 @@ FA_DEVICE void tma_load(void* dst, const TensorMap* map, uint64_t* bar,
 #endif
 #else
   detail::EmuTensorMap m;
-  std::memcpy(&m, map, sizeof m);
-  if (m.magic != detail::kEmuTensorMapMagic) {
-    ::fastattn::emu::fail("tma_load: the tensor map at %p was not made by make_tensor_map",
-                          static_cast<const void*>(map));
-  }
-  if (m.rank != kRank) {
-    ::fastattn::emu::fail("tma_load: %d coordinates for a rank-%d tensor map", kRank, int(m.rank));
-  }
-  size_t bytes = tma_type_bytes(TmaType(m.type));
-  for (int i = 0; i < kRank; ++i) bytes *= m.box[i];
-  const uint32_t addr = smem_u32(dst);
-  const unsigned period = swizzle_period(Swizzle(m.swizzle));
-  if (addr % 128 || (period && addr % period)) {
-    ::fastattn::emu::fail("tma_load: shared destination 0x%x is not aligned to %u bytes%s", addr,
-                          period > 128 ? period : 128u,
-                          period > 128 ? " (the map's swizzle period)" : "");
-  }
-  auto* dst_ptr =
-      static_cast<unsigned char*>(::fastattn::emu::shared_pointer(addr, bytes, "tma_load"));
-  auto* op = new detail::TmaLoad{m, {}, dst_ptr};
+  const size_t bytes = detail::checked_tma(m, map, kRank, dst, "tma_load");
+  auto* op = new detail::TmaLoad{m, {}, static_cast<unsigned char*>(dst)};
   for (int i = 0; i < kRank; ++i) op->coords[i] = c[i];
   ::fastattn::emu::bulk_copy_issue(bar, unsigned(bytes),
                                    {&detail::TmaLoad::run, &detail::TmaLoad::destroy, op});
+#endif
+}
+
+// cp.async.bulk.tensor.<rank>d.global.shared::cta.bulk_group: one thread stores the box at
+// `src` (laid out as tma_load writes it: dense, swizzled per the map) into the tensor at
+// element coordinates c; elements outside the tensor are not written. The store reads
+// `src` asynchronously: fence_proxy_async() after writing the tile with ordinary stores
+// (and a barrier if other threads wrote it), then bulk_commit_group() and
+// bulk_wait_group_read<0>() before `src` is overwritten (bulk_wait_group<0>() for the
+// global writes to be complete, e.g. before the kernel's results are read by later code of
+// the same kernel).
+template <int kRank>
+FA_DEVICE void tma_store(const TensorMap* map, const void* src, const int32_t (&c)[kRank]) {
+  static_assert(kRank >= 1 && kRank <= 5, "1-5 dimensional boxes");
+#if defined(__CUDACC__)
+#if defined(FA_SM90)
+  const uint32_t s = smem_u32(src);
+  const uint64_t m = reinterpret_cast<uint64_t>(map);
+  if constexpr (kRank == 1) {
+    asm volatile("cp.async.bulk.tensor.1d.global.shared::cta.bulk_group [%0, {%2}], [%1];"
+                 ::"l"(m), "r"(s), "r"(c[0]) : "memory");
+  } else if constexpr (kRank == 2) {
+    asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];"
+                 ::"l"(m), "r"(s), "r"(c[0]), "r"(c[1]) : "memory");
+  } else if constexpr (kRank == 3) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%2, %3, %4}], [%1];"
+        ::"l"(m), "r"(s), "r"(c[0]), "r"(c[1]), "r"(c[2]) : "memory");
+  } else if constexpr (kRank == 4) {
+    asm volatile(
+        "cp.async.bulk.tensor.4d.global.shared::cta.bulk_group [%0, {%2, %3, %4, %5}], [%1];"
+        ::"l"(m), "r"(s), "r"(c[0]), "r"(c[1]), "r"(c[2]), "r"(c[3]) : "memory");
+  } else {
+    asm volatile(
+        "cp.async.bulk.tensor.5d.global.shared::cta.bulk_group [%0, {%2, %3, %4, %5, %6}], "
+        "[%1];" ::"l"(m), "r"(s), "r"(c[0]), "r"(c[1]), "r"(c[2]), "r"(c[3]), "r"(c[4])
+        : "memory");
+  }
+#else
+  __trap();
+#endif
+#else
+  detail::EmuTensorMap m;
+  detail::checked_tma(m, map, kRank, src, "tma_store");
+  auto* op = new detail::TmaStore{m, {}, static_cast<const unsigned char*>(src)};
+  for (int i = 0; i < kRank; ++i) op->coords[i] = c[i];
+  ::fastattn::emu::bulk_store_issue({&detail::TmaStore::run, &detail::TmaStore::destroy, op});
+#endif
+}
+
+// cp.async.bulk.commit_group: closes this thread's group of bulk stores.
+FA_DEVICE void bulk_commit_group() {
+#if defined(__CUDACC__)
+#if defined(FA_SM90)
+  asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+#else
+  __trap();
+#endif
+#else
+  ::fastattn::emu::bulk_commit();
+#endif
+}
+
+// cp.async.bulk.wait_group.read N: all but the newest N groups have read their shared memory.
+template <int N>
+FA_DEVICE void bulk_wait_group_read() {
+  static_assert(N >= 0, "a non-negative immediate");
+#if defined(__CUDACC__)
+#if defined(FA_SM90)
+  asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
+#else
+  __trap();
+#endif
+#else
+  ::fastattn::emu::bulk_wait(unsigned(N));
+#endif
+}
+
+// cp.async.bulk.wait_group N: all but the newest N groups have completed their writes.
+template <int N>
+FA_DEVICE void bulk_wait_group() {
+  static_assert(N >= 0, "a non-negative immediate");
+#if defined(__CUDACC__)
+#if defined(FA_SM90)
+  asm volatile("cp.async.bulk.wait_group %0;" ::"n"(N) : "memory");
+#else
+  __trap();
+#endif
+#else
+  ::fastattn::emu::bulk_wait(unsigned(N));
 #endif
 }
 

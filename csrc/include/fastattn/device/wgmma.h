@@ -13,9 +13,11 @@
 // access to the accumulators or A registers and no write to the operand tiles until the
 // wait, and wgmma_fence_operand(acc) around the batch so that nvcc keeps the accumulator
 // registers in place. MMAs on the same accumulators between fence and wait chain in order.
-// The emulation lands each MMA at issue, at a random synchronisation point of the
-// warpgroup, or at its wait (per the schedule); it requires a fence since the warpgroup's
-// last wait (stricter than the ISA, which only needs it when registers were touched).
+// The emulation lands each MMA (reading A from shared memory or the A registers, and the
+// accumulators) at issue, at a random synchronisation point of the warpgroup, or at its
+// wait (per the schedule); it requires a fence since the warpgroup's last wait (stricter
+// than the ISA, which only needs it when registers were touched). Not detected there: a
+// write to the accumulators between the fence and the MMA.
 //
 // Fragments (thread r of the warpgroup: warp w = r / 32, g = (r % 32) / 4, t = r % 4).
 //   accumulator d[N/2]: for j < N/8, d[4j + 0, 1] = D[16w + g][8j + 2t, + 1],
@@ -119,7 +121,7 @@ struct WgmmaOp {
   bool a_in_registers;
   int scale_d;
   const uint16_t* a_ptr[64 * 16];  // [m][k], when A is in shared memory
-  uint16_t a_val[64 * 16];         // [m][k], when A came from registers
+  const uint32_t* a_reg[128];      // each thread's A registers, when A is in registers
   const uint16_t* b_ptr[N * 16];   // [n][k]
   float* d[128];                   // each thread's accumulators
 
@@ -132,6 +134,20 @@ struct WgmmaOp {
   // within a few fp32 ulps; README).
   static void run(void* self) {
     auto& op = *static_cast<WgmmaOp*>(self);
+    // A registers are read now, not at issue: like the accumulators, they must stay
+    // untouched until the covering wait.
+    uint16_t a_val[64 * 16];
+    if (op.a_in_registers) {
+      for (int r = 0; r < 128; ++r) {
+        const int w = r / 32, g = (r % 32) / 4, t = r % 4;
+        for (int i = 0; i < 4; ++i) {
+          const int m = 16 * w + g + ((i & 1) ? 8 : 0);
+          const int k = 2 * t + ((i & 2) ? 8 : 0);
+          a_val[m * 16 + k] = uint16_t(op.a_reg[r][i] & 0xffffu);
+          a_val[m * 16 + k + 1] = uint16_t(op.a_reg[r][i] >> 16);
+        }
+      }
+    }
     float b[N][16];
     for (int n = 0; n < N; ++n) {
       for (int k = 0; k < 16; ++k) b[n][k] = value(*op.b_ptr[n * 16 + k]);
@@ -145,7 +161,7 @@ struct WgmmaOp {
         const int n = 8 * j + 2 * t + (q & 1);
         double acc = op.scale_d ? double(d[i]) : 0.0;
         for (int k = 0; k < 16; ++k) {
-          const uint16_t a = op.a_in_registers ? op.a_val[m * 16 + k] : *op.a_ptr[m * 16 + k];
+          const uint16_t a = op.a_in_registers ? a_val[m * 16 + k] : *op.a_ptr[m * 16 + k];
           acc += double(value(a)) * double(b[n][k]);
         }
         d[i] = float(acc);
@@ -166,24 +182,23 @@ inline void wgmma_collective(const void* const* ops, void* const*) {
                             r);
     }
   }
+  // Descriptors are resolved (and can fail) before anything is allocated: a failing kernel
+  // thread never returns, so nothing allocated before it would be freed.
+  static thread_local const uint16_t* a_ptr[64 * 16];
+  static thread_local const uint16_t* b_ptr[256 * 16];
+  if constexpr (!kRegA) {
+    wgmma_operand_pointers(a_ptr, 64, o0.desc_a, kMajorA == Major::kMN, "A");
+  }
+  wgmma_operand_pointers(b_ptr, N, o0.desc_b, kMajorB == Major::kMN, "B");
   auto* op = new WgmmaOp<T, N>;
   op->a_in_registers = kRegA;
   op->scale_d = o0.scale_d;
   if constexpr (kRegA) {
-    for (int r = 0; r < 128; ++r) {
-      const uint32_t* a = static_cast<const WgmmaOperand*>(ops[r])->a;
-      const int w = r / 32, g = (r % 32) / 4, t = r % 4;
-      for (int i = 0; i < 4; ++i) {
-        const int m = 16 * w + g + ((i & 1) ? 8 : 0);
-        const int k = 2 * t + ((i & 2) ? 8 : 0);
-        op->a_val[m * 16 + k] = uint16_t(a[i] & 0xffffu);
-        op->a_val[m * 16 + k + 1] = uint16_t(a[i] >> 16);
-      }
-    }
+    for (int r = 0; r < 128; ++r) op->a_reg[r] = static_cast<const WgmmaOperand*>(ops[r])->a;
   } else {
-    wgmma_operand_pointers(op->a_ptr, 64, o0.desc_a, kMajorA == Major::kMN, "A");
+    std::memcpy(op->a_ptr, a_ptr, sizeof op->a_ptr);
   }
-  wgmma_operand_pointers(op->b_ptr, N, o0.desc_b, kMajorB == Major::kMN, "B");
+  std::memcpy(op->b_ptr, b_ptr, sizeof op->b_ptr);
   for (int r = 0; r < 128; ++r) op->d[r] = static_cast<const WgmmaOperand*>(ops[r])->d;
   ::fastattn::emu::wgmma_issue({&WgmmaOp<T, N>::run, &WgmmaOp<T, N>::destroy, op});
 }
@@ -217,10 +232,10 @@ FA_DEVICE void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, boo
 #endif
 }
 
-// wgmma.mma_async m64nNk16 with A from registers (the fragment above).
+// wgmma.mma_async m64nNk16 with A from registers (the fragment above). `a` is an lvalue
+// array (no temporaries): the MMA reads it asynchronously, up to the covering wait.
 template <class T, int N, Major kMajorB = Major::kK>
-FA_DEVICE void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b,
-                        bool accumulate) {
+FA_DEVICE void wgmma_rs(float (&d)[N / 2], uint32_t (&a)[4], uint64_t desc_b, bool accumulate) {
   static_assert(detail::kWgmmaType<T>, "fp16 or bf16 inputs");
   static_assert(detail::kWgmmaN<N>, "N: a multiple of 16 in 16..256");
 #if defined(__CUDACC__)
