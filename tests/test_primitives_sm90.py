@@ -584,6 +584,9 @@ HOPPER_MISUSE = {
     12: "more arrivals than the init count",
     13: "not aligned to 1024 bytes",
     14: r"bar.arrive \(named barrier\).*can never complete",
+    15: "may not lower",
+    16: "must be warpgroup-uniform",
+    17: "base offset 1",
 }
 
 
@@ -593,6 +596,13 @@ def test_hopper_misuse_raises(kind, seed):
     scratch = torch.zeros(1024)
     with pytest.raises(RuntimeError, match=HOPPER_MISUSE[kind]):
         _emu.emu.hopper_misuse(kind, ptr(scratch), seed=seed)
+
+
+def test_tma_in_flight_at_block_end_is_an_error():
+    # Copies land as late as possible under seed 0: nobody waited, so they never did.
+    scratch = torch.zeros(1024)
+    with pytest.raises(RuntimeError, match="still in flight when the block ended"):
+        _emu.emu.hopper_misuse(18, ptr(scratch), seed=0)
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -344,6 +344,26 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(128, 1)
     case 14:  // one lane arrives at a named barrier (bar.arrive is per warp, all lanes)
       if (lane_id() == 0) named_barrier_arrive(1, 128);
       break;
+    case 15:  // setmaxnreg.inc that lowers the count
+      setmaxnreg_inc<240>();
+      setmaxnreg_inc<232>();
+      break;
+    case 16: {  // descriptors that differ between the warps of the warpgroup
+      const uint64_t own =
+          make_smem_desc(smem + (warp_id() == 1 ? 16 : 0), Swizzle::kNone, 128, 256);
+      small_wgmma(acc, plain, own, true, true);
+      break;
+    }
+    case 17:  // a descriptor with a base offset
+      small_wgmma(acc, plain | (uint64_t(1) << 49), plain, true, true);
+      break;
+    case 18:  // a TMA load nobody waits for (in flight when the block ends; seed 0)
+      if (r == 0) {
+        mbarrier_init(&bar[0], 1);
+        mbarrier_arrive_expect_tx(&bar[0], 128);
+        tma_load<1>(aligned_smem<uint8_t>(), &map, &bar[0], {0});
+      }
+      break;
     case 13:  // a 128B-swizzled TMA into dynamic shared memory that the kernel did not align
       if (r == 0) {
         mbarrier_init(&bar[0], 1);
