@@ -587,6 +587,7 @@ HOPPER_MISUSE = {
     15: "may not lower",
     16: "must be warpgroup-uniform",
     17: "base offset 1",
+    19: "8 bytes were overwritten",
 }
 
 

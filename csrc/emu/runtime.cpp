@@ -1108,11 +1108,27 @@ MBarrier* find_mbarrier(Block& b, const void* bar) {
   return nullptr;
 }
 
+// The 8 bytes of an mbarrier hold this word (changing with the phase) in the emulation: the
+// object may only be touched by mbarrier instructions, so any other value means ordinary
+// stores (or a TMA box) overwrote it.
+uint64_t mbarrier_word(const MBarrier& m) { return 0x6d62617272696572ull ^ m.phase; }
+
+bool mbarrier_intact(const MBarrier& m) {
+  uint64_t word;
+  std::memcpy(&word, m.addr, 8);
+  return word == mbarrier_word(m);
+}
+
 MBarrier& armed_mbarrier(Fiber* f, const void* bar, const char* what) {
   MBarrier* m = find_mbarrier(*f->block, bar);
   if (!m) {
     abort_fiber(f, format("%s on mbarrier %p, which was never initialised (mbarrier.init) in "
                           "this block",
+                          what, bar));
+  }
+  if (!mbarrier_intact(*m)) {
+    abort_fiber(f, format("%s on mbarrier %p, whose 8 bytes were overwritten since its "
+                          "mbarrier.init (only mbarrier instructions may touch it)",
                           what, bar));
   }
   return *m;
@@ -1122,6 +1138,8 @@ MBarrier& armed_mbarrier(Fiber* f, const void* bar, const char* what) {
 void check_phase(Block& b, MBarrier& m) {
   if (m.pending != 0 || m.tx != 0) return;
   ++m.phase;
+  const uint64_t word = mbarrier_word(m);
+  std::memcpy(const_cast<void*>(m.addr), &word, 8);
   m.pending = m.expected;
   for (unsigned i = 0; i < b.nthreads; ++i) {
     Fiber& t = b.fibers[i];
@@ -1150,6 +1168,12 @@ void land_bulk_copy(Block& b, size_t i) {
   if (!m) {
     b.set_error(nullptr, format("a bulk copy completed on mbarrier %p, which is no longer "
                                 "initialised",
+                                c.bar));
+    return;
+  }
+  if (!mbarrier_intact(*m)) {
+    b.set_error(nullptr, format("a bulk copy completed on mbarrier %p, whose 8 bytes were "
+                                "overwritten since its mbarrier.init",
                                 c.bar));
     return;
   }
@@ -1319,7 +1343,8 @@ void mbarrier_init(void* bar, unsigned count) {
   } else {
     b.mbarriers.push_back(MBarrier{bar, count, count, 0, 0});
   }
-  std::memset(bar, 0, 8);  // the object itself: nothing reads it but the GPU
+  const uint64_t word = mbarrier_word(*find_mbarrier(b, bar));
+  std::memcpy(bar, &word, 8);
 }
 
 uint64_t mbarrier_arrive(void* bar, unsigned tx_bytes) {

@@ -364,6 +364,13 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(128, 1)
         tma_load<1>(aligned_smem<uint8_t>(), &map, &bar[0], {0});
       }
       break;
+    case 19:  // ordinary stores over an initialised mbarrier
+      if (r == 0) {
+        mbarrier_init(&bar[0], 1);
+        bar[0] = 0;
+        mbarrier_arrive(&bar[0]);
+      }
+      break;
     case 13:  // a 128B-swizzled TMA into dynamic shared memory that the kernel did not align
       if (r == 0) {
         mbarrier_init(&bar[0], 1);
