@@ -267,6 +267,8 @@ struct Context {
 
 struct Block;
 
+std::string format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+
 struct Fiber : ThreadContext {
   Block* block = nullptr;
   Context ctx;
@@ -578,18 +580,12 @@ struct Block {
 
     schedule_loop();
     if (!failed && !bulk_copies.empty()) {
-      set_error(nullptr, format_count("%zu bulk asynchronous copies (TMA) still in flight when "
-                                      "the block ended: no mbarrier wait covered them",
-                                      bulk_copies.size()));
+      set_error(nullptr, format("%zu bulk asynchronous copies (TMA) still in flight when the "
+                                "block ended: no mbarrier wait covered them",
+                                bulk_copies.size()));
     }
     discard_async();
     free_smem();
-  }
-
-  static std::string format_count(const char* fmt, size_t n) {
-    char buf[256];
-    std::snprintf(buf, sizeof buf, fmt, n);
-    return buf;
   }
 
   void set_state(Fiber& f, State s) {
@@ -741,7 +737,6 @@ std::string vformat(const char* fmt, va_list ap) {
   return buf;
 }
 
-std::string format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 std::string format(const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
