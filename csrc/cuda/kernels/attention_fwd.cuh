@@ -84,44 +84,6 @@ struct FwdConfig {
   static_assert(kThreads % kChunksC == 0, "a thread copies one fixed cache column chunk");
 };
 
-// Bounds of batch row b with every index value checked before use. A bad value adds its
-// ErrorBits to err and empties what it describes (q_len or k_len = 0), so that nothing is
-// read through it.
-FA_DEVICE SeqBounds checked_seq_bounds(const AttnParams& p, int b, int& err) {
-  if (p.cu_seqlens_q) {
-    const int64_t q0 = p.cu_seqlens_q[b], q1 = p.cu_seqlens_q[b + 1];
-    if (q0 < 0 || q1 < q0 || q1 > p.total_q || q1 - q0 > p.seqlen_q ||
-        (b == 0 && q0 != 0) || (b == p.batch - 1 && q1 != p.total_q)) {
-      err |= kErrCuSeqlensQ;
-    }
-  }
-  if (p.kv_lens) {
-    const int32_t len = p.kv_lens[b];
-    // Paged rows hold their query tokens too (0 marks a padding row).
-    if (len < 0 || len > p.seqlen_k) err |= kErrSeqLens;
-  } else if (p.cu_seqlens_k) {
-    const int64_t k0 = p.cu_seqlens_k[b], k1 = p.cu_seqlens_k[b + 1];
-    if (k0 < 0 || k1 < k0 || k1 > p.total_k || k1 - k0 > p.seqlen_k ||
-        (b == 0 && k0 != 0) || (b == p.batch - 1 && k1 != p.total_k)) {
-      err |= kErrCuSeqlensK;
-    }
-  }
-  SeqBounds s = seq_bounds(p, b);
-  if (err & kErrCuSeqlensQ) {
-    s.q_start = 0;
-    s.q_len = 0;
-  }
-  if (err & (kErrSeqLens | kErrCuSeqlensK)) {
-    s.k_start = 0;
-    s.k_len = 0;
-  }
-  if (p.block_table && s.k_len != 0 && s.q_len > s.k_len) {
-    err |= kErrSeqLens;  // the new tokens are part of seq_lens
-    s.k_len = 0;
-  }
-  return s;
-}
-
 // cp.async of rows [n0, n0 + kBlockN) of K (kIsK) or V into dst: [kBlockN, kStride] of T
 // for a T cache, the staging buffer [kBlockN, kHeadDim] of codes for fp8. Keys at or beyond
 // k_hi (never visible to the block) and columns at or beyond D are zero-filled without a
@@ -206,11 +168,11 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(FwdConfig<kHeadDim>::kThreads)
   const int b = int(blockIdx.z);
   const int hk = int(blockIdx.y);
   const int m_block = p.causal ? int(gridDim.x - 1 - blockIdx.x) : int(blockIdx.x);
-  const int group = p.num_heads_q / p.num_heads_k;
-
-  int seq_err = 0;   // the same in every thread: thread 0 reports it
   int page_err = 0;  // this thread's bad block-table reads
-  const SeqBounds s = checked_seq_bounds(p, b, seq_err);
+  const FwdBlock blk = fwd_block(p, b, hk, m_block, kBlockM, tid, kThreads);
+  const SeqBounds& s = blk.s;
+  const int seq_err = blk.seq_err;
+  const int group = blk.group;
 
   // fp8: the K scale joins the softmax scale, the V scale the normalisation. Every block
   // reads its KV head's; thread 0 of the first block of each KV head reports a bad value
@@ -222,32 +184,14 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(FwdConfig<kHeadDim>::kThreads)
     score_scale *= checked_kv_scale(p.k_scale, hk, flag, kErrKScale);
     v_scale = checked_kv_scale(p.v_scale, hk, flag, kErrVScale);
   }
-  const int rows = s.q_len * group;  // packed rows of this (b, hk)
-  if (p.block_table && hk == 0 && m_block == 0 && s.k_len > 0) {
-    // The blocks of a sequence read the pages from its first query's first visible key up
-    // to k_len (the ranges are contiguous and end at k_len); one block per sequence checks
-    // the entries below, all of them when it has no query tokens.
-    const int unread_keys =
-        s.q_len > 0 ? visible_keys(0, s.q_len, s.k_len, p.causal, p.window_left,
-                                   p.window_right).lo
-                    : s.k_len;
-    check_unread_pages(p, b, tid, (unread_keys + p.page_size - 1) / p.page_size, kThreads);
-  }
-  const int m0 = m_block * kBlockM;
-  if (m0 >= rows) {  // uniform over the block, before any barrier
+  if (blk.m0 >= blk.m_end) {  // uniform over the block, before any barrier
     if (seq_err && tid == 0) report_error(p.error_flag, seq_err);
     return;
   }
-  const int m_end = rows < m0 + kBlockM ? rows : m0 + kBlockM;
-
-  // Keys some row of the block sees, and keys every row sees (tiles inside need no mask).
-  const int i_first = m0 / group, i_last = (m_end - 1) / group;
-  const KeyRange keys = visible_keys_of_rows(i_first, i_last + 1, s.q_len, s.k_len, p.causal,
-                                             p.window_left, p.window_right);
-  const int full_lo =
-      visible_keys(i_last, s.q_len, s.k_len, p.causal, p.window_left, p.window_right).lo;
-  const int full_hi =
-      visible_keys(i_first, s.q_len, s.k_len, p.causal, p.window_left, p.window_right).hi;
+  const int m0 = blk.m0, m_end = blk.m_end;
+  const KeyRange keys = blk.keys;
+  const KeyRange unmasked = fwd_unmasked_keys(p, blk);
+  const int full_lo = unmasked.lo, full_hi = unmasked.hi;
   const int n_tiles = (keys.hi - keys.lo + kBlockN - 1) / kBlockN;
 
   // This thread's two rows: warp * 16 + g and + 8. Padding rows see nothing.
@@ -293,7 +237,8 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(FwdConfig<kHeadDim>::kThreads)
     dev::cp_async_commit();
   }
 
-  OnlineSoftmax state[2];  // rows g and g + 8: row_max (quad-uniform), this lane's row_sum
+  OnlineSoftmax2 state[2];  // rows g and g + 8: row_max (quad-uniform), this lane's row_sum
+  const float score_scale_log2 = score_scale * kLog2e;
   state[0].init();
   state[1].init();
   float acc_o[kHeadDim / 8][4];  // [16 rows, kHeadDim] of this warp, C-fragment layout
@@ -339,17 +284,21 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(FwdConfig<kHeadDim>::kThreads)
       }
     }
 
-    // Scores: scale, softcap, then mask (only tiles some row sees partially).
-    FA_UNROLL
-    for (int nt = 0; nt < kBlockN / 8; ++nt) {
-      FA_UNROLL
-      for (int e = 0; e < 4; ++e) acc_s[nt][e] *= score_scale;
-    }
+    // Scores in base 2 (OnlineSoftmax2): scale (softcap) and log2(e), then mask (only
+    // tiles some row sees partially).
     if (p.softcap > 0.f) {
       FA_UNROLL
       for (int nt = 0; nt < kBlockN / 8; ++nt) {
         FA_UNROLL
-        for (int e = 0; e < 4; ++e) acc_s[nt][e] = apply_softcap(acc_s[nt][e], p.softcap);
+        for (int e = 0; e < 4; ++e) {
+          acc_s[nt][e] = apply_softcap(acc_s[nt][e] * score_scale, p.softcap) * kLog2e;
+        }
+      }
+    } else {
+      FA_UNROLL
+      for (int nt = 0; nt < kBlockN / 8; ++nt) {
+        FA_UNROLL
+        for (int e = 0; e < 4; ++e) acc_s[nt][e] *= score_scale_log2;
       }
     }
     if (n0 < full_lo || n0 + kBlockN > full_hi) {
@@ -487,18 +436,8 @@ void launch_attention_fwd(const AttnParams& p, void* stream) {
   // Paged extend still launches with no query token at all: its blocks check the block
   // table (as the CPU does), then return.
   if (p.seqlen_q <= 0 && !p.block_table) return;
-  // Packed rows of one (batch row, KV head); the kernel indexes them with int.
-  const int64_t rows = int64_t(p.seqlen_q) * (p.num_heads_q / p.num_heads_k);
-  if (rows > INT_MAX - Cfg::kBlockM || p.num_heads_k > 65535 || p.batch > 65535) {
-    throw std::invalid_argument(
-        "attention_fwd: grid too large (max_seqlen_q * Hq / Hk = " + std::to_string(rows) +
-        ", Hk = " + std::to_string(p.num_heads_k) + ", batch = " + std::to_string(p.batch) +
-        "; limits 2^31 - 65, 65535, 65535)");
-  }
-  const int64_t m_blocks = rows > 0 ? (rows + Cfg::kBlockM - 1) / Cfg::kBlockM : 1;
-  const dev::LaunchConfig cfg{dev::dim3(unsigned(m_blocks), unsigned(p.num_heads_k),
-                                        unsigned(p.batch)),
-                              dev::dim3(Cfg::kThreads), Cfg::kSmemBytes,
+  const dev::LaunchConfig cfg{fwd_grid(p, Cfg::kBlockM), dev::dim3(Cfg::kThreads),
+                              Cfg::kSmemBytes,
                               static_cast<dev::stream_t>(stream)};
   dev::launch(attn_fwd::attention_fwd_kernel<T, C, kHeadDim>, cfg, p);
 }

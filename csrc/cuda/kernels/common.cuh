@@ -1,9 +1,11 @@
 #pragma once
 // Helpers shared by the kernel sources: the element types behind kernels::DType, and the
 // error report for index and scale values found out of range on the device.
+#include <climits>
 #include <cstdint>
 #include <initializer_list>
 #include <stdexcept>
+#include <string>
 
 #include "cuda/kernels.h"
 #include "fastattn/device/device.h"
@@ -42,6 +44,106 @@ FA_DEVICE float checked_kv_scale(const KVScale& s, int h, int32_t* flag, int32_t
     if (!(t > 0.f && t < INFINITY)) report_error(flag, bit);  // NaN fails `t > 0`
   }
   return kv_scale(s, h);
+}
+
+// Bounds of batch row b with every index value checked before use. A bad value adds its
+// ErrorBits to err and empties what it describes (q_len or k_len = 0), so that nothing is
+// read through it.
+FA_DEVICE SeqBounds checked_seq_bounds(const AttnParams& p, int b, int& err) {
+  if (p.cu_seqlens_q) {
+    const int64_t q0 = p.cu_seqlens_q[b], q1 = p.cu_seqlens_q[b + 1];
+    if (q0 < 0 || q1 < q0 || q1 > p.total_q || q1 - q0 > p.seqlen_q ||
+        (b == 0 && q0 != 0) || (b == p.batch - 1 && q1 != p.total_q)) {
+      err |= kErrCuSeqlensQ;
+    }
+  }
+  if (p.kv_lens) {
+    const int32_t len = p.kv_lens[b];
+    // Paged rows hold their query tokens too (0 marks a padding row).
+    if (len < 0 || len > p.seqlen_k) err |= kErrSeqLens;
+  } else if (p.cu_seqlens_k) {
+    const int64_t k0 = p.cu_seqlens_k[b], k1 = p.cu_seqlens_k[b + 1];
+    if (k0 < 0 || k1 < k0 || k1 > p.total_k || k1 - k0 > p.seqlen_k ||
+        (b == 0 && k0 != 0) || (b == p.batch - 1 && k1 != p.total_k)) {
+      err |= kErrCuSeqlensK;
+    }
+  }
+  SeqBounds s = seq_bounds(p, b);
+  if (err & kErrCuSeqlensQ) {
+    s.q_start = 0;
+    s.q_len = 0;
+  }
+  if (err & (kErrSeqLens | kErrCuSeqlensK)) {
+    s.k_start = 0;
+    s.k_len = 0;
+  }
+  if (p.block_table && s.k_len != 0 && s.q_len > s.k_len) {
+    err |= kErrSeqLens;  // the new tokens are part of seq_lens
+    s.k_len = 0;
+  }
+  return s;
+}
+
+// One forward block's share of a (batch row, KV head): packed query rows [m0, m_end)
+// (row m is position m / group of query head hk * group + m % group) and the keys they see.
+// Both forward kernels (attention_fwd.cuh, attention_fwd_sm90.cuh) start here.
+struct FwdBlock {
+  SeqBounds s;  // index values checked (checked_seq_bounds)
+  int seq_err;  // their ErrorBits, the same in every thread: thread 0 reports them
+  int group;    // Hq / Hk
+  int m0, m_end;  // m0 >= m_end: no rows; the block returns before any barrier
+  int i_first, i_last;  // query positions of rows m0 and m_end - 1
+  KeyRange keys;        // keys some row of the block sees
+};
+
+FA_DEVICE FwdBlock fwd_block(const AttnParams& p, int b, int hk, int m_block, int block_m,
+                             int tid, int threads) {
+  FwdBlock f;
+  f.seq_err = 0;
+  f.s = checked_seq_bounds(p, b, f.seq_err);
+  f.group = p.num_heads_q / p.num_heads_k;
+  const int rows = f.s.q_len * f.group;
+  if (p.block_table && hk == 0 && m_block == 0 && f.s.k_len > 0) {
+    // The blocks of a sequence read the pages from its first query's first visible key up
+    // to k_len (the ranges are contiguous and end at k_len); one block per sequence checks
+    // the entries below, all of them when it has no query tokens.
+    const int unread_keys =
+        f.s.q_len > 0 ? visible_keys(0, f.s.q_len, f.s.k_len, p.causal, p.window_left,
+                                     p.window_right).lo
+                      : f.s.k_len;
+    check_unread_pages(p, b, tid, (unread_keys + p.page_size - 1) / p.page_size, threads);
+  }
+  f.m0 = m_block * block_m;
+  f.m_end = rows < f.m0 + block_m ? rows : f.m0 + block_m;
+  f.i_first = f.m0 / f.group;
+  f.i_last = f.m_end > f.m0 ? (f.m_end - 1) / f.group : f.i_first;
+  f.keys = f.m_end > f.m0 ? visible_keys_of_rows(f.i_first, f.i_last + 1, f.s.q_len, f.s.k_len,
+                                                 p.causal, p.window_left, p.window_right)
+                          : KeyRange{0, 0};
+  return f;
+}
+
+// Keys every row of the block sees: tiles inside [lo, hi) need no mask.
+FA_DEVICE KeyRange fwd_unmasked_keys(const AttnParams& p, const FwdBlock& f) {
+  return KeyRange{
+      visible_keys(f.i_last, f.s.q_len, f.s.k_len, p.causal, p.window_left, p.window_right).lo,
+      visible_keys(f.i_first, f.s.q_len, f.s.k_len, p.causal, p.window_left, p.window_right)
+          .hi};
+}
+
+// Host: the forward grid, x = blocks of block_m packed rows (max_seqlen_q * Hq / Hk, which the
+// kernels index with int; one block when there is none), y = KV heads, z = batch rows.
+// Throws std::invalid_argument when a launch cannot take it.
+inline dev::dim3 fwd_grid(const AttnParams& p, int block_m) {
+  const int64_t rows = int64_t(p.seqlen_q) * (p.num_heads_q / p.num_heads_k);
+  if (rows > INT_MAX - block_m || p.num_heads_k > 65535 || p.batch > 65535) {
+    throw std::invalid_argument(
+        "attention_fwd: grid too large (max_seqlen_q * Hq / Hk = " + std::to_string(rows) +
+        ", Hk = " + std::to_string(p.num_heads_k) + ", batch = " + std::to_string(p.batch) +
+        "; limits 2^31 - 1 - " + std::to_string(block_m) + ", 65535, 65535)");
+  }
+  const int64_t m_blocks = rows > 0 ? (rows + block_m - 1) / block_m : 1;
+  return dev::dim3(unsigned(m_blocks), unsigned(p.num_heads_k), unsigned(p.batch));
 }
 
 // The compiled head dim (64, 128 or 256) that runs head_dim: every multiple of 8 up to

@@ -316,7 +316,10 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads, kDecodeBlocksPerSm)
   const SeqBounds sb = seq_bounds(p, b);
   const DecodeRange range = decode_range<kBlockN>(p, sb, split, a.num_splits);
 
-  // q, pre-scaled as the CPU kernel does; zeros past D.
+  // q, pre-scaled as the CPU kernel does; zeros past D. Scores are in base 2
+  // (OnlineSoftmax2): without a softcap log2(e) joins the scale here, so a score costs no
+  // multiply at all; the softcap must see the natural score, so then it is applied after.
+  const float q_scale_log2 = p.softcap > 0.f ? q_scale : q_scale * kLog2e;
   float q[kGroup][kVec];
   const T* q_base = static_cast<const T*>(p.q);
   FA_UNROLL
@@ -330,10 +333,10 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads, kDecodeBlocksPerSm)
       unpack_vec8<T>(raw, q[i] + 8 * hv);
     }
     FA_UNROLL
-    for (int e = 0; e < kVec; ++e) q[i][e] *= q_scale;
+    for (int e = 0; e < kVec; ++e) q[i][e] *= q_scale_log2;
   }
 
-  OnlineSoftmax state[kGroup];
+  OnlineSoftmax2 state[kGroup];
   float acc_o[kGroup][kVec];
   FA_UNROLL
   for (int i = 0; i < kGroup; ++i) {
@@ -395,7 +398,8 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads, kDecodeBlocksPerSm)
         // Sum over the row's lanes; xor masks below kLanes stay inside the group.
         FA_UNROLL
         for (int m = kLanes / 2; m >= 1; m /= 2) dot += dev::shfl_xor(dot, m);
-        s[t] = valid[t] ? apply_softcap(dot, p.softcap) : kNegInf;
+        if (p.softcap > 0.f) dot = apply_softcap(dot, p.softcap) * kLog2e;
+        s[t] = valid[t] ? dot : kNegInf;
         tile_max = fmaxf(tile_max, s[t]);
       }
       const float alpha = state[i].rescale(tile_max);
@@ -454,7 +458,7 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads, kDecodeBlocksPerSm)
     const int i = idx / kPieces;
     const int col = (idx % kPieces) * 8;
     if (col >= p.head_dim) continue;
-    OnlineSoftmax st;
+    OnlineSoftmax2 st;  // the warps' base-2 states
     st.init();
     float o[8];
     FA_UNROLL
