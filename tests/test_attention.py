@@ -36,6 +36,29 @@ def test_seqlens(device, q_len, k_len, causal):
     run_attention(q, k, v, causal=causal)
 
 
+@pytest.mark.parametrize("kernels", ["auto", "sm80"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_cuda_kernel_families(device, kernels, causal, monkeypatch):
+    """$FASTATTN_CUDA_KERNELS (read at every call): on an H100/H200 "auto" runs the sm_90a
+    kernels and "sm80" the mma.sync ones; both must match the reference there (elsewhere both
+    are the mma.sync kernel, and the CPU ignores the variable)."""
+    monkeypatch.setenv("FASTATTN_CUDA_KERNELS", kernels)
+    for head_dim in (64, 128, 256):
+        skip_if_unsupported(device, BF16, head_dim)
+        q, k, v = make_qkv(2, 97, 1023, 8, 2, head_dim, BF16, device)
+        run_attention(q, k, v, causal=causal)
+
+
+def test_cuda_kernel_family_env_checked(device, monkeypatch):
+    monkeypatch.setenv("FASTATTN_CUDA_KERNELS", "sm100")
+    q, k, v = make_qkv(1, 7, 7, 2, 1, 64, F16, device)
+    if device == "cpu":
+        fastattn.attention(q, k, v)  # the CPU kernels do not read it
+        return
+    with pytest.raises(ValueError, match="FASTATTN_CUDA_KERNELS=sm100"):
+        fastattn.attention(q, k, v)
+
+
 HEAD_DIMS = [7, 32, 33, 40, 64, 80, 96, 128, 160, 256, 512]
 
 

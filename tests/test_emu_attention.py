@@ -1,4 +1,7 @@
-"""The CUDA attention forward kernel (csrc/cuda/kernels/attention_fwd.cuh) on the CPU emulation.
+"""The CUDA attention forward kernels on the CPU emulation: the mma.sync kernel
+(csrc/cuda/kernels/attention_fwd.cuh, what sm_80/sm_89 run) and the sm_90a kernel
+(attention_fwd_sm90.cuh: TMA, mbarrier ring, wgmma, ping-pong warpgroups). Every test runs
+on both (the ``sm80`` / ``sm90`` ids: the capability the emulated dispatch sees).
 
 torch.ops.fastattn_emu.{attention, attention_varlen, paged_attention} (test-only module
 ``fastattn._emu_ops``) run the very kernel source nvcc compiles, on CPU fp16/bf16 tensors,
@@ -39,6 +42,14 @@ HEAD_DIMS = [8, 40, 64, 96, 128, 160, 256]
 def _restore_schedule():
     yield
     _emu_ops.set_schedule(default_emu_seed())
+
+
+@pytest.fixture(autouse=True, params=[80, 90], ids=["sm80", "sm90"])
+def device_sm(request):
+    """The compute capability the emulated dispatch sees: 90 runs the sm_90a kernels."""
+    _emu_ops.set_sm(request.param)
+    yield request.param
+    _emu_ops.set_sm(80)
 
 
 def schedules():
@@ -98,8 +109,9 @@ def test_head_dims_and_dtypes(dtype, head_dim, causal):
     check_dense(2, 33, 97, 4, 2, head_dim, dtype, causal=causal)
 
 
-@pytest.mark.parametrize("num_heads,num_kv_heads", [(4, 4), (4, 2), (8, 2), (4, 1)],
-                         ids=["mha", "gqa2", "gqa4", "mqa"])
+# gqa3: a group that does not divide the sm_90a kernel's 128 rows (its Q takes cp.async, not TMA).
+@pytest.mark.parametrize("num_heads,num_kv_heads", [(4, 4), (4, 2), (6, 2), (8, 2), (4, 1)],
+                         ids=["mha", "gqa2", "gqa3", "gqa4", "mqa"])
 @pytest.mark.parametrize("dtype", LOWP, ids=dtype_id)
 def test_gqa(dtype, num_heads, num_kv_heads):
     # Prefill-like (rows of several heads packed per block) and few-query (one block).
@@ -141,6 +153,31 @@ def test_masks(dtype, case, head_dim):
 def test_kv_lens(dtype, kwargs):
     # 0 (no key: out 0, lse -inf), partial, full, and one shorter than the queries.
     check_dense(4, 33, 97, 4, 2, 96, dtype, kv_lens=[0, 40, 97, 5], **kwargs)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_long_keys(head_dim, causal):
+    """1023 keys: several times more key tiles than the sm_90a kernel's ring has stages, so
+    the barrier phases wrap and every stage is refilled after both consumers release it."""
+    check_dense(1, 97, 1023, 4, 2, head_dim, BF16, causal=causal)
+
+
+def test_kernel_family_env(monkeypatch, device_sm):
+    """FASTATTN_CUDA_KERNELS=sm80 runs the mma.sync kernel even where the sm_90a one would
+    (bit for bit its result); a value other than auto/sm80 is a ValueError naming it."""
+    q, k, v = (randn(1, 33, 4, 64, dtype=BF16), randn(1, 97, 2, 64, dtype=BF16),
+               randn(1, 97, 2, 64, dtype=BF16))
+    args = (q, k, v, None, 0.125, True, -1, -1, 0.0)
+    _emu_ops.set_sm(80)
+    plain = OPS.attention(*args)
+    _emu_ops.set_sm(device_sm)
+    monkeypatch.setenv("FASTATTN_CUDA_KERNELS", "sm80")
+    forced = OPS.attention(*args)
+    assert torch.equal(forced[0], plain[0]) and torch.equal(forced[1], plain[1])
+    monkeypatch.setenv("FASTATTN_CUDA_KERNELS", "bogus")
+    with pytest.raises(ValueError, match="FASTATTN_CUDA_KERNELS=bogus"):
+        OPS.attention(*args)
 
 
 def test_kv_lens_all_zero():
@@ -255,6 +292,13 @@ def test_paged_extend(dtype, page_size, num_heads, num_kv_heads):
 @pytest.mark.parametrize("head_dim", [40, 128, 256])
 def test_paged_extend_variants(head_dim, kwargs):
     check_extend(EXTEND_Q_LENS, EXTEND_SEQ_LENS, 2, 2, head_dim, 5, BF16, **kwargs)
+
+
+@pytest.mark.parametrize("page_size", [1, 16])
+def test_paged_extend_long(page_size):
+    """Hundreds of cached keys read through the block table: the ring wraps on the
+    cp.async path too."""
+    check_extend([33, 1], [700, 300], 4, 2, 128, page_size, F16)
 
 
 def test_paged_unused_block_table_entries_are_not_read():

@@ -18,6 +18,14 @@ PYBIND11_MODULE(_emu_ops, m) {
       },
       pybind11::arg("seed"),
       "Thread order and cp.async timing of this thread's later launches (see csrc/emu/README.md)");
+  m.def(
+      "set_sm",
+      [](int sm) {
+        if (sm != 80 && sm != 90) throw pybind11::value_error("set_sm: 80 or 90");
+        fastattn::emu::options().sm = sm;
+      },
+      pybind11::arg("sm"),
+      "Compute capability x 10 the emulated dispatch sees: 90 selects the sm_90a kernels");
   m.def("set_num_sms", &fastattn::ops::set_emu_num_sms, pybind11::arg("n"),
         "Multiprocessor count the emulated decode sizes its split-KV for");
 }

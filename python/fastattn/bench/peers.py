@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, List, Optional, Sequence, Tuple
 
@@ -368,6 +369,32 @@ def flex_varlen(q, k, v, lengths: Sequence[int], causal: bool) -> List[Impl]:
         return out[0].transpose(0, 1)
 
     return [Impl("flex-docmask", run=run)]
+
+
+# ---------------------------------------------------------------------------- fastattn A/B
+
+KERNELS_ENV = "FASTATTN_CUDA_KERNELS"
+
+
+@family("fastattn")
+def fastattn_sm80(run: Callable[[], Any], device) -> List[Impl]:
+    """On an sm_90 GPU (H100/H200), fastattn's mma.sync kernels, forced through
+    $FASTATTN_CUDA_KERNELS=sm80 (read at every call): the A/B of the sm_90a kernels. Elsewhere
+    both are the same kernel, so there is nothing to compare."""
+    if torch.device(device).type != "cuda" or torch.cuda.get_device_capability() != (9, 0):
+        return []
+
+    def forced():
+        saved = os.environ.get(KERNELS_ENV)
+        os.environ[KERNELS_ENV] = "sm80"
+        try:
+            return run()
+        finally:
+            if saved is None:
+                del os.environ[KERNELS_ENV]
+            else:
+                os.environ[KERNELS_ENV] = saved
+    return [Impl("fastattn_sm80", run=forced)]
 
 
 # ---------------------------------------------------------------------------- flash_attn

@@ -178,10 +178,11 @@ def _randn(shape, case: Case, device) -> torch.Tensor:
     return torch.randn(*shape, device=device).to(case.dtype)
 
 
-def _dense_peers(q, k, v, causal: bool) -> List[Callable[[], List[Impl]]]:
-    """Peers of attention on q [B, Sq, Hq, D], k, v [B, Sk, Hk, D]."""
+def _dense_peers(q, k, v, causal: bool, fa_run) -> List[Callable[[], List[Impl]]]:
+    """Peers of attention on q [B, Sq, Hq, D], k, v [B, Sk, Hk, D]; fa_run: fastattn's call."""
     B, Sq, Sk = q.shape[0], q.shape[1], k.shape[1]
     return [
+        partial(peers.fastattn_sm80, fa_run, q.device.type),
         partial(peers.sdpa_dense, q, k, v, causal=causal),
         partial(peers.flex_dense, q, k, v, causal=causal),
         partial(peers.flash_attn_dense, q, k, v, causal=causal),
@@ -196,8 +197,8 @@ def build_prefill(case: Case, device) -> Workload:
     q = _randn((B, L, Hq, D), case, device)
     k, v = _randn((B, L, Hk, D), case, device), _randn((B, L, Hk, D), case, device)
     flops = B * attention_flops(visible_pairs(L, L, causal=True), Hq, D)
-    return Workload(Impl("fastattn", run=lambda: fastattn.attention(q, k, v, causal=True)),
-                    _dense_peers(q, k, v, causal=True), flops, "flop")
+    run = lambda: fastattn.attention(q, k, v, causal=True)  # noqa: E731
+    return Workload(Impl("fastattn", run=run), _dense_peers(q, k, v, True, run), flops, "flop")
 
 
 def build_cross(case: Case, device) -> Workload:
@@ -207,8 +208,8 @@ def build_cross(case: Case, device) -> Workload:
     q = _randn((B, Sq, Hq, D), case, device)
     k, v = _randn((B, Sk, Hk, D), case, device), _randn((B, Sk, Hk, D), case, device)
     flops = B * attention_flops(Sq * Sk, Hq, D)
-    return Workload(Impl("fastattn", run=lambda: fastattn.cross_attention(q, k, v)),
-                    _dense_peers(q, k, v, causal=False), flops, "flop")
+    run = lambda: fastattn.cross_attention(q, k, v)  # noqa: E731
+    return Workload(Impl("fastattn", run=run), _dense_peers(q, k, v, False, run), flops, "flop")
 
 
 def build_varlen(case: Case, device) -> Workload:
@@ -224,6 +225,7 @@ def build_varlen(case: Case, device) -> Workload:
     fa = Impl("fastattn", run=lambda: fastattn.attention_varlen(
         q, k, v, cu, cu, max(lens), max(lens), causal=True))
     factories = [
+        partial(peers.fastattn_sm80, fa.run, device),
         partial(peers.sdpa_varlen_loop, q, k, v, lens, causal=True),
         partial(peers.flex_varlen, q, k, v, lens, causal=True),
         partial(peers.flash_attn_varlen, q, k, v, lens, causal=True),
@@ -329,7 +331,8 @@ def build_extend(case: Case, device) -> Workload:
     if case.kv_dtype is not None:
         k_wide, v_wide = _dequantized(case, k_cache), _dequantized(case, v_cache)
         return Workload(fa, _baseline(case, lambda: call(k_wide, v_wide), flops), flops, "flop")
-    return Workload(fa, _paged_peers(q, k_cache, v_cache, table, info), flops, "flop")
+    return Workload(fa, [partial(peers.fastattn_sm80, fa.run, device)] +
+                    _paged_peers(q, k_cache, v_cache, table, info), flops, "flop")
 
 
 def build_append(case: Case, device) -> Workload:

@@ -68,6 +68,8 @@
 // __launch_bounds__(max_threads[, min_blocks]): register allocation hint, no-op when emulated.
 #define FA_LAUNCH_BOUNDS(...) __launch_bounds__(__VA_ARGS__)
 #define FA_UNROLL _Pragma("unroll")
+// A loop kept rolled: fewer registers where they are scarce (a setmaxnreg-lowered producer).
+#define FA_NO_UNROLL _Pragma("unroll 1")
 // Block-scope static shared memory: FA_SHARED(float[4][64], red);  (T may be an array type;
 // no initializer, as for __shared__). 16-byte aligned so ldmatrix/cp.async rows can live there.
 #define FA_SHARED(T, name) __shared__ __align__(16) std::type_identity_t<T> name
@@ -76,6 +78,7 @@
 #define FA_DEVICE inline
 #define FA_LAUNCH_BOUNDS(...)
 #define FA_UNROLL
+#define FA_NO_UNROLL
 // Emulation: a reference to a per-block allocation that the runtime makes when the first
 // thread of the block reaches the declaration and frees when the block ends. Each block
 // starts from poisoned bytes (0xFF: NaN for fp32, fp16 and bf16), like uninitialised

@@ -89,6 +89,9 @@ struct Schedule {
 struct Options {
   Schedule schedule;  // default: Schedule::from_seed($FASTATTN_EMU_SEED or 0)
   int num_workers = 0;          // OS threads per launch; 0: $FASTATTN_EMU_WORKERS or all cores
+  // Compute capability x 10 that kernel dispatch sees (80: the mma.sync kernels; 90: the
+  // sm_90a kernels where they apply).
+  int sm = 80;
 };
 
 // Options of launches made by the calling host thread.
