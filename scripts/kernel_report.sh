@@ -4,10 +4,15 @@
 # kernels of fastattn._emu and are left out).
 #
 #   scripts/kernel_report.sh [-j JOBS] [--keep DIR] [--so PATH | --no-so] [--src FILE.cu ...]
+#                            [--objects BUILD_DIR]
 #
 # --keep DIR keeps the objects, ptxas logs and SASS; --so names the module to cross-check
 # (default: fastattn._C as imported); --src replaces the csrc/cuda/*.cu list (tests use it to
-# show that the checks fail on a kernel that breaks them).
+# show that the checks fail on a kernel that breaks them). --objects BUILD_DIR reads the
+# objects the CMake build already compiled (BUILD_DIR/**/csrc/cuda/<tu>.cu.o) instead of
+# compiling again, which halves the CUDA compile work of a CI run; it has no ptxas log, so
+# spills show as local memory (cuobjdump's LOCAL bytes, and LDL/STL in the SASS) and ptxas's
+# wgmma notes are not checked.
 #
 # How: recompiles each csrc/cuda/*.cu with nvcc (-Xptxas -v) using the build's flags and
 # architectures (TORCH_CUDA_ARCH_LIST, default "8.0+PTX;9.0a", as cmake/FastattnTorch.cmake),
@@ -21,6 +26,12 @@
 #   - zero spill bytes (stores and loads) in every kernel and architecture;
 #   - no local-memory instructions (LDL/STL) in the SASS of any kernel;
 #   - tensor-core MMA (HMMA, or HGMMA from wgmma) in every attention_fwd kernel;
+#   - the sm_90a attention kernels (attention_fwd_sm90_kernel, sm_90a SASS) use HGMMA and TMA
+#     loads (UTMALDG), and ptxas injected no wgmma serialisation (its C7515..C7520 notes: a
+#     wait it had to insert, or wgmma it had to serialise, costs the overlap the kernel is
+#     built around); their register budgets per warpgroup role (setmaxnreg) are reported.
+#     Their other-architecture passes are traps (the dispatch never launches them) and are
+#     only listed;
 #   - for each "+PTX" architecture, the shipped module carries PTX of every kernel compiled
 #     for it (cuobjdump --dump-ptx), so GPUs newer than the SASS targets JIT it instead of
 #     failing with "no kernel image is available" (checked only when fastattn._C is read).
@@ -40,6 +51,7 @@ KEEP=""
 SO=""
 NO_SO=0
 SRC_OVERRIDE=()
+OBJECTS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     -j) JOBS="$2"; shift 2 ;;
@@ -49,7 +61,8 @@ while [ $# -gt 0 ]; do
     --no-so) NO_SO=1; shift ;;
     --src) case "$2" in /*) SRC_OVERRIDE+=("$2") ;; *) SRC_OVERRIDE+=("$CALLER_PWD/$2") ;; esac
            shift 2 ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    --objects) case "$2" in /*) OBJECTS="$2" ;; *) OBJECTS="$CALLER_PWD/$2" ;; esac; shift 2 ;;
+    -h|--help) sed -n '2,44p' "$0"; exit 0 ;;
     *) echo "kernel_report: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -133,7 +146,22 @@ while IFS= read -r d; do [ -n "$d" ] && TORCH_INC+=(-isystem "$d"); done < <(
 FLAGS=(-c -O3 -DNDEBUG -std=c++20 --expt-relaxed-constexpr --expt-extended-lambda -lineinfo
        -Xcompiler=-fPIC -DFASTATTN_WITH_CUDA=1 "-DFASTATTN_CUDA_ARCHS=\"${ARCH_LIST//;/ }\""
        -Icsrc/include -Icsrc "${TORCH_INC[@]}" "${GENCODE[@]}" -Xptxas -v)
+case "$ARCH_LIST" in *9.0a*) FLAGS+=(-DFASTATTN_HAS_SM90A=1) ;; esac  # as CMakeLists.txt
 
+if [ -n "$OBJECTS" ]; then
+  [ -d "$OBJECTS" ] || die "--objects $OBJECTS is not a directory"
+  for src in "${SOURCES[@]}"; do
+    name=$(basename "$src" .cu)
+    obj=$(find "$OBJECTS" -path "*/csrc/cuda/$name.cu.o" -print -quit)
+    [ -n "$obj" ] || die "no object for $src under $OBJECTS (build first)"
+    [ "$obj" -nt "$src" ] || echo "kernel_report: WARNING: $obj is older than $src" >&2
+    cp "$obj" "$WORK/$name.o"
+    "$CUOBJDUMP" --dump-resource-usage "$WORK/$name.o" >"$WORK/$name.res" 2>&1 ||
+      die "cuobjdump --dump-resource-usage $obj failed"
+  done
+  echo "kernel_report: ${#SOURCES[@]} translation units from the objects under $OBJECTS" >&2
+fi
+[ -n "$OBJECTS" ] || {
 echo "kernel_report: compiling ${#SOURCES[@]} translation units for ${ARCHS[*]} with $NVCC (-j$JOBS)" >&2
 start=$(date +%s)
 compile() {  # src -> $WORK/<name>.o and <name>.ptxas
@@ -160,6 +188,7 @@ for src in "${SOURCES[@]}"; do
 done
 [ "$failed" = 0 ] || exit 2
 echo "kernel_report: compiled in $(( $(date +%s) - start )) s" >&2
+}
 
 for src in "${SOURCES[@]}"; do
   name=$(basename "$src" .cu)
@@ -193,8 +222,31 @@ sources = sys.argv[6:]
 res = {}     # (arch, mangled) -> dict
 origin = {}  # mangled -> translation unit
 devfn_spills = []  # (arch, mangled device function, stores, loads)
+wgmma_notes = {}   # (arch, mangled) -> ptxas codes of injected waits / serialised wgmma
+from_objects = False
 for src in sources:
     name = os.path.splitext(os.path.basename(src))[0]
+    res_path = os.path.join(work, name + ".res")
+    if os.path.exists(res_path):  # --objects: cuobjdump's resource usage, no ptxas log
+        from_objects = True
+        arch = fn = None
+        for line in open(res_path, errors="replace"):
+            m = re.match(r"\s*arch = (sm_\w+)", line)
+            if m:
+                arch = m.group(1)
+                continue
+            m = re.match(r"\s*Function (\S+):", line)
+            if m:
+                fn = m.group(1)
+                continue
+            m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", line)
+            if m and fn:
+                regs, stack, smem, local = map(int, m.groups())
+                res[(arch, fn)] = dict(regs=regs, smem=smem, stack=stack, spill_st=local,
+                                       spill_ld=local, barriers=0)
+                origin[fn] = os.path.basename(src)
+                fn = None
+        continue
     cur = props_of = None
     for line in open(os.path.join(work, name + ".ptxas"), errors="replace"):
         m = re.search(r"Compiling entry function '([^']+)' for '(sm_\w+)'", line)
@@ -204,6 +256,10 @@ for src in sources:
             origin[m.group(1)] = os.path.basename(src)
             continue
         if cur is None:
+            continue
+        m = re.search(r"\((C75(?:1[5-9]|20))\)", line)
+        if m and "wgmma" in line.lower():
+            wgmma_notes.setdefault(cur, []).append(m.group(1))
             continue
         m = re.search(r"Function properties for (\S+)", line)
         if m:
@@ -230,8 +286,9 @@ for src in sources:
             cur = None  # the entry's last line
 
 # ---- SASS: per (arch, mangled) opcode counts ---------------------------------------------
-OPS = ("HMMA", "HGMMA", "LDL", "STL", "LDG128", "STG128")
+OPS = ("HMMA", "HGMMA", "UTMALDG", "LDL", "STL", "LDG128", "STG128")
 sass = {}
+setmaxnreg = {}  # (arch, mangled) -> {("alloc" | "dealloc", registers)}
 for src in sources:
     name = os.path.splitext(os.path.basename(src))[0]
     arch = fn = None
@@ -255,8 +312,13 @@ for src in sources:
         op = m.group(1)
         base = op.split(".")[0]
         c = sass[(arch, fn)]
-        if base in ("HMMA", "HGMMA", "LDL", "STL"):
+        if base in ("HMMA", "HGMMA", "UTMALDG", "LDL", "STL"):
             c[base] += 1
+        if base == "USETMAXREG":  # "USETMAXREG.TRY_ALLOC.CTAPOOL R4, 0xe0": the budget
+            imm = re.search(r"0x([0-9a-f]+)\s*;", line)
+            if imm:
+                setmaxnreg.setdefault((arch, fn), set()).add(
+                    ("dealloc" if "DEALLOC" in op else "alloc", int(imm.group(1), 16)))
         if base in ("LDG", "STG") and ".128" in op:
             c[base + "128"] += 1
 
@@ -296,7 +358,7 @@ def family(fn):
 
 # ---- table ---------------------------------------------------------------------------------
 keys = sorted(set(res) | set(sass), key=lambda k: (origin.get(k[1], ""), short(k[1]), k[0]))
-rows, failures, warnings = [], [], []
+rows, failures, warnings, role_lines = [], [], [], []
 for arch, fn in keys:
     r = res.get((arch, fn))
     s = sass.get((arch, fn))
@@ -307,13 +369,33 @@ for arch, fn in keys:
     if s is None:
         problems.append("no SASS")
         s = dict.fromkeys(OPS, -1)
-    if r["spill_st"] > 0 or r["spill_ld"] > 0:
+    if from_objects and r["spill_st"] > 0:
+        problems.append(f"local memory {r['spill_st']} B per thread (spills or local arrays)")
+    elif r["spill_st"] > 0 or r["spill_ld"] > 0:
         problems.append(f"spills {r['spill_st']}/{r['spill_ld']} B")
     if s["LDL"] > 0 or s["STL"] > 0:
         problems.append(f"local memory LDL {s['LDL']} STL {s['STL']}")
     tc = s["HMMA"] + s["HGMMA"]
-    if family(fn) == "attention_fwd" and tc <= 0:
+    hopper = "attention_fwd_sm90" in demangled.get(fn, fn)
+    if hopper and arch != "sm_90a":
+        pass  # a trap: only the sm_90a pass has the kernel
+    elif family(fn) == "attention_fwd" and tc <= 0:
         problems.append("no tensor-core MMA")
+    if hopper and arch == "sm_90a":
+        if s["HGMMA"] <= 0:
+            problems.append("no HGMMA")
+        if s["UTMALDG"] <= 0:
+            problems.append("no TMA load (UTMALDG)")
+        if wgmma_notes.get((arch, fn)):
+            problems.append("ptxas serialised wgmma (" +
+                            ", ".join(sorted(set(wgmma_notes[(arch, fn)]))) + ")")
+        budgets = setmaxnreg.get((arch, fn), set())
+        roles = ", ".join(f"{'producer' if kind == 'dealloc' else 'consumers'} {n}"
+                          for kind, n in sorted(budgets, reverse=True))
+        role_lines.append(f"  {short(fn)}: registers at entry {r['regs']}; setmaxnreg: "
+                          f"{roles or 'none found'}")
+        if not budgets:
+            problems.append("no setmaxnreg")
     rows.append((origin.get(fn, "?"), short(fn), arch, r, s, problems))
     failures += [f"{short(fn)} [{arch}]: {p}" for p in problems]
 for arch, fn, st, ld in devfn_spills:
@@ -322,33 +404,44 @@ for arch, fn, st, ld in devfn_spills:
 name_w = max([len("kernel")] + [len(r[1]) for r in rows])
 tu_w = max([len("translation unit")] + [len(r[0]) for r in rows])
 hdr = (f"{'translation unit':<{tu_w}}  {'kernel':<{name_w}}  {'arch':<6} {'regs':>4} "
-       f"{'smem':>6} {'stack':>5} {'spill st/ld':>11} {'HMMA':>5} {'HGMMA':>5} {'LDL/STL':>7} "
+       f"{'smem':>6} {'stack':>5} {'spill st/ld':>11} {'HMMA':>5} {'HGMMA':>5} {'TMA':>4} {'LDL/STL':>7} "
        f"{'ld/st128':>8}  check")
 print()
 print("fastattn CUDA kernels (static smem in bytes; dynamic smem is set at launch; "
-      "spill and stack in bytes per thread)")
+      "spill and stack in bytes per thread" +
+      ("; from the build's objects: 'spill' is cuobjdump's LOCAL bytes, ptxas's wgmma notes "
+       "are not checked)" if from_objects else ")"))
 print(hdr)
 print("-" * len(hdr))
 for tu, name, arch, r, s, problems in rows:
     print(f"{tu:<{tu_w}}  {name:<{name_w}}  {arch:<6} {r['regs']:>4} {r['smem']:>6} "
           f"{r['stack']:>5} {str(r['spill_st']) + '/' + str(r['spill_ld']):>11} "
-          f"{s['HMMA']:>5} {s['HGMMA']:>5} {str(s['LDL']) + '/' + str(s['STL']):>7} "
+          f"{s['HMMA']:>5} {s['HGMMA']:>5} {s['UTMALDG']:>4} {str(s['LDL']) + '/' + str(s['STL']):>7} "
           f"{str(s['LDG128']) + '/' + str(s['STG128']):>8}  "
           f"{'ok' if not problems else 'FAIL: ' + '; '.join(problems)}")
 print("-" * len(hdr))
 
+if role_lines:
+    print("sm_90a attention kernels, register budget per warpgroup role:")
+    print("\n".join(role_lines))
 n_kernels = len({fn for _, fn in keys})
 print(f"{n_kernels} kernels x {len(archs)} archs ({' '.join(archs)}) from {len(sources)} "
       f"translation units")
+def trap(arch, fn):  # a Hopper kernel's pass for another architecture
+    return "attention_fwd_sm90" in demangled.get(fn, fn) and arch != "sm_90a"
+
+
 for fam in ("attention_fwd", "paged_decode", "other"):
-    ks = [(a, fn) for a, fn in keys if family(fn) == fam]
+    ks = [(a, fn) for a, fn in keys if family(fn) == fam and not trap(a, fn)]
     if not ks:
         if fam != "other":
             print(f"tensor cores, {fam}: no such kernel yet")
         continue
     with_tc = [k for k in ks if sass.get(k, {}).get("HMMA", 0) + sass.get(k, {}).get("HGMMA", 0) > 0]
     need = " (required)" if fam == "attention_fwd" else ""
-    print(f"tensor cores, {fam}: {len(with_tc)} of {len(ks)} kernel/arch pairs use HMMA/HGMMA{need}")
+    print(f"tensor cores, {fam}: {len(with_tc)} of {len(ks)} kernel/arch pairs use HMMA/HGMMA{need}"
+          + (" (sm_90a kernels' traps for other architectures not counted)"
+             if fam == "attention_fwd" and any(trap(a, fn) for a, fn in keys) else ""))
 
 # ---- cross-check with the shipped module -----------------------------------------------------
 def listed(path, section, item):
@@ -406,6 +499,7 @@ if failures:
     for f in failures:
         print("  " + f)
     sys.exit(1)
-print("OK: no spills, no local memory, tensor cores in every attention_fwd kernel"
+print("OK: no spills, no local memory, tensor cores in every attention_fwd kernel, "
+      "HGMMA and TMA in the sm_90a ones"
       + (f", PTX for {' '.join(ptx_archs)}" if so and ptx_archs else ""))
 EOF

@@ -1,5 +1,7 @@
 """scripts/kernel_report.sh: every shipped CUDA kernel compiles without spills or local
-memory, and the attention_fwd kernels use tensor cores.
+memory, the attention_fwd kernels use tensor cores, and the sm_90a ones HGMMA and TMA.
+The shipped check reads the build's own objects (--objects) when there is a build tree;
+the bad-kernel checks compile, so both modes are exercised.
 
 Needs nvcc and a build with the CUDA kernels (fastattn.build_info()['cuda']); skipped
 otherwise. No GPU is needed: the script compiles and disassembles. It also runs on a kernel
@@ -42,8 +44,17 @@ def run_report(*args, env=None):
                           env=e, timeout=900)
 
 
+def build_objects():
+    """The CMake build tree whose csrc/cuda objects are newest (what `make build` made), or
+    None: the report then compiles every translation unit again (minutes on 2 cores)."""
+    found = sorted(ROOT.glob("build/*/CMakeFiles/_C.dir/csrc/cuda/*.cu.o"),
+                   key=lambda p: p.stat().st_mtime)
+    return found[-1].parents[3] if found else None
+
+
 def test_shipped_kernels_pass():
-    r = run_report()
+    objects = build_objects()
+    r = run_report(*(["--objects", str(objects)] if objects else []))
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert "OK: no spills, no local memory" in r.stdout, out
@@ -61,6 +72,12 @@ def test_shipped_kernels_pass():
     assert "paged_decode_kernel<bf16, cuda_v1::fp8_e4m3_t, 128, 4>" in r.stdout
     assert "attention_fwd_kernel<fp16, cuda_v1::fp8_e5m2_t, 256>" in r.stdout
     assert "append_kv_kernel<fp16, cuda_v1::fp8_e4m3_t, 8, 4>" in r.stdout
+    # The sm_90a kernels: HGMMA and TMA checked, their register roles reported.
+    for dtype in ("fp16", "bf16"):
+        for d in (64, 128, 256):
+            assert (f"attn_fwd_sm90::attention_fwd_sm90_kernel<{dtype}, {d}>: registers at "
+                    "entry") in r.stdout, out
+    assert "producer 40, consumers 232" in r.stdout, out
 
 
 BAD_KERNEL = r"""
@@ -102,3 +119,20 @@ def test_compile_error_is_exit_2(tmp_path):
     r = run_report("--no-so", "--src", str(src), env={"TORCH_CUDA_ARCH_LIST": "8.0"})
     assert r.returncode == 2, r.stdout + r.stderr
     assert "does not compile" in r.stderr
+
+
+def test_objects_mode_fails_on_a_bad_kernel(tmp_path):
+    """--objects reads what a build compiled: the same kernel, compiled into a build-like
+    tree, fails there too (spills seen as local memory, no MMA)."""
+    src = tmp_path / "bad_attention_fwd.cu"
+    src.write_text(BAD_KERNEL)
+    obj = tmp_path / "build" / "csrc" / "cuda" / "bad_attention_fwd.cu.o"
+    obj.parent.mkdir(parents=True)
+    subprocess.run([_nvcc(), "-c", "-O3", "-gencode", "arch=compute_80,code=sm_80", str(src),
+                    "-o", str(obj)], check=True, capture_output=True, timeout=600)
+    r = run_report("--no-so", "--src", str(src), "--objects", str(tmp_path / "build"),
+                   env={"TORCH_CUDA_ARCH_LIST": "8.0"})
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert "bad_attention_fwd_kernel [sm_80]: local memory" in r.stdout, out
+    assert "bad_attention_fwd_kernel [sm_80]: no tensor-core MMA" in r.stdout, out
