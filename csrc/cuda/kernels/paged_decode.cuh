@@ -10,8 +10,11 @@
 //      (a contiguous range of the visible keys) are dealt round-robin to thread groups:
 //      a thread group is kLanes = kHeadDim / kVec lanes that together hold one key row,
 //      kVec elements (one 16-byte load: 8 of a 16-bit cache, 16 of an fp8 cache) per
-//      lane. Each thread group keeps its own online-softmax state (row_max, row_sum)
-//      and acc_o for every packed head in registers; scores are
+//      lane. With 16-byte cache rows, each thread prefetches the K and V chunks of its
+//      rows of the next steps with cp.async into shared-memory slots only it reads (a
+//      ring of kStages steps, no barrier, no registers held by loads in flight); otherwise
+//      it loads them into registers. Each thread group keeps its own online-softmax state
+//      (row_max, row_sum) and acc_o for every packed head in registers; scores are
 //      lane-partial dot products summed by shuffles inside the group. At the end the
 //      groups of a warp merge by shuffles, the warps merge through shared memory, and
 //      the block writes either the final (out, lse) (num_splits == 1) or a normalised
@@ -70,6 +73,9 @@ constexpr int kDecodeVec = 16 / int(sizeof(C));
 // (q and acc_o are kGroup * kVec floats each). Larger GQA groups are split into chunks.
 constexpr int kDecodeMaxGroup = 8;
 constexpr int kDecodeMaxGroupFp8 = 4;
+// Key rows whose K and V copies each thread keeps in flight ahead of the one it computes on
+// (the prefetch ring of paged_decode_kernel).
+constexpr int kDecodeMinRowsInFlight = 4;
 
 constexpr int decode_max_group(bool fp8_cache) {
   return fp8_cache ? kDecodeMaxGroupFp8 : kDecodeMaxGroup;
@@ -280,10 +286,23 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads, kDecodeBlocksPerSm)
   // registers, too close to the cap to keep.
   constexpr int kTile = kHalves == 1 ? (kGroup >= 8 ? 2 : 4) : (kGroup >= 4 ? 1 : 2);
   constexpr int kBlockN = kRowsPerBlock * kTile;         // keys per step of the block
+  // Prefetch ring (16-byte cache rows, a.kv_vec16): each thread copies the K and V chunks
+  // of its rows of the next kStages - 1 steps with cp.async into slots only it reads, so the
+  // loads in flight cost no registers and need no barrier: at least kDecodeMinRowsInFlight
+  // rows (128 bytes of K and V) per thread, 16 KB per block, 32 KB per SM at the two blocks
+  // per SM the largest variants fit (an H200 needs that much in flight to hide HBM latency).
+  constexpr int kStages = 1 + (kDecodeMinRowsInFlight + kTile - 1) / kTile;
+  constexpr int kRingChunks = kStages * kTile * 2 * kDecodeThreads;  // 16-byte slots
 
-  // Per-warp partial states, merged across warps after the key loop.
-  FA_SHARED(float[kDecodeWarps][kGroup][kHeadDim], red_acc);
-  FA_SHARED(float[kDecodeWarps][kGroup][2], red_state);
+  // One buffer: the ring during the key loop, then the per-warp partial states merged
+  // across warps (red_acc [kDecodeWarps][kGroup][kHeadDim], red_state [..][..][2]).
+  constexpr int kRedFloats = kDecodeWarps * kGroup * (kHeadDim + 2);
+  constexpr int kBufChunks =
+      kRingChunks > (kRedFloats + 3) / 4 ? kRingChunks : (kRedFloats + 3) / 4;
+  FA_SHARED(dev::uint4[kBufChunks], smem_buf);
+  dev::uint4* ring = smem_buf;
+  float* red_acc = reinterpret_cast<float*>(smem_buf);
+  float* red_state = red_acc + kDecodeWarps * kGroup * kHeadDim;
 
   const int b = blockIdx.x;
   const DecodeHeads& h = a.heads;
@@ -348,34 +367,74 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads, kDecodeBlocksPerSm)
   const C* k_base = static_cast<const C*>(p.k);
   const C* v_base = static_cast<const C*>(p.v);
   const int64_t table_row = int64_t(b) * p.block_table_stride;
+  const int tid = int(dev::thread_rank());
+  // Row t of the step at key n0: valid when inside the split and its page is in range
+  // (checked before k_offset/v_offset dereference it; they re-read the same cached entry:
+  // keeping the pages live instead cost registers and spilled, scripts/kernel_report.sh).
+  const auto row_valid = [&](int j, bool report) {
+    if (j >= range.end) return false;
+    const int32_t page = p.block_table[table_row + j / p.page_size];
+    if (page < 0 || page >= p.num_pages) {
+      if (report && c == 0) report_error(p.error_flag, kErrBlockTable);
+      return false;
+    }
+    return true;
+  };
+  const auto slot = [&](int step, int t, int which) {
+    return ring + ((step % kStages * kTile + t) * 2 + which) * kDecodeThreads + tid;
+  };
+  // Ring: copies of the step at key n0 into its slots (zero-filled where invalid); one
+  // commit group per step, empty past the split, so that wait<kStages - 2> always covers
+  // the step about to be read.
+  const auto prefetch = [&](int step, int n0) {
+    FA_UNROLL
+    for (int t = 0; t < kTile; ++t) {
+      const int j = n0 + t * kRowsPerBlock + row_in_block;
+      const bool ok = n0 < range.end && row_valid(j, true) && n_cols > 0;
+      const C* k_src = ok ? k_base + k_offset(p, sb, b, j, hk) + col0 : k_base;
+      const C* v_src = ok ? v_base + v_offset(p, sb, b, j, hk) + col0 : v_base;
+      dev::cp_async_16(slot(step, t, 0), k_src, ok ? 16u : 0u);
+      dev::cp_async_16(slot(step, t, 1), v_src, ok ? 16u : 0u);
+    }
+    dev::cp_async_commit();
+  };
+  const bool use_ring = a.kv_vec16;  // uniform over the grid
+  if (use_ring) {
+    FA_UNROLL
+    for (int st = 0; st < kStages - 1; ++st) prefetch(st, range.begin + st * kBlockN);
+  }
 
-  for (int n0 = range.begin; n0 < range.end; n0 += kBlockN) {
+  int step = 0;
+  for (int n0 = range.begin; n0 < range.end; n0 += kBlockN, ++step) {
     float k_f[kTile][kVec];
     float v_f[kTile][kVec];
     bool valid[kTile];
     {
-      // Issue every load of the step before using any of them.
       dev::uint4 k_raw[kTile], v_raw[kTile];
-      FA_UNROLL
-      for (int t = 0; t < kTile; ++t) {
-        const int j = n0 + t * kRowsPerBlock + row_in_block;
-        valid[t] = j < range.end;
-        if (valid[t]) {
-          // Checked before k_offset/v_offset dereference it. They re-read the same
-          // (cached) entry: keeping the kTile pages live instead costs registers
-          // and spilled on sm_80/sm_90a (scripts/kernel_report.sh).
-          const int32_t page = p.block_table[table_row + j / p.page_size];
-          if (page < 0 || page >= p.num_pages) {
-            if (c == 0) report_error(p.error_flag, kErrBlockTable);
-            valid[t] = false;
-          }
+      if (use_ring) {
+        // This step's copies (the oldest group) have landed; read them back, then refill
+        // the slots the previous step read (its values are already in registers).
+        dev::cp_async_wait<kStages - 2>();
+        FA_UNROLL
+        for (int t = 0; t < kTile; ++t) {
+          valid[t] = row_valid(n0 + t * kRowsPerBlock + row_in_block, false);
+          k_raw[t] = *slot(step, t, 0);
+          v_raw[t] = *slot(step, t, 1);
         }
-        k_raw[t] = v_raw[t] = dev::uint4{0, 0, 0, 0};
-        if (valid[t] && n_cols > 0) {
-          k_raw[t] = load_kv_vec(k_base + k_offset(p, sb, b, j, hk) + col0, n_cols, a.kv_vec16,
-                                 a.kv_vec8);
-          v_raw[t] = load_kv_vec(v_base + v_offset(p, sb, b, j, hk) + col0, n_cols, a.kv_vec16,
-                                 a.kv_vec8);
+        prefetch(step + kStages - 1, n0 + (kStages - 1) * kBlockN);
+      } else {
+        // Issue every load of the step before using any of them.
+        FA_UNROLL
+        for (int t = 0; t < kTile; ++t) {
+          const int j = n0 + t * kRowsPerBlock + row_in_block;
+          valid[t] = row_valid(j, true);
+          k_raw[t] = v_raw[t] = dev::uint4{0, 0, 0, 0};
+          if (valid[t] && n_cols > 0) {
+            k_raw[t] = load_kv_vec(k_base + k_offset(p, sb, b, j, hk) + col0, n_cols,
+                                   a.kv_vec16, a.kv_vec8);
+            v_raw[t] = load_kv_vec(v_base + v_offset(p, sb, b, j, hk) + col0, n_cols,
+                                   a.kv_vec16, a.kv_vec8);
+          }
         }
       }
       // Converted once per row, not once per packed head.
@@ -436,16 +495,20 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads, kDecodeBlocksPerSm)
     }
   }
 
-  // Merge the warps through shared memory.
+  // Merge the warps through shared memory, which the ring used: every thread's copies
+  // (the last prefetches are zero fills, which still write) land, and every thread is done
+  // reading its slots, before the partial states overwrite them.
+  dev::cp_async_wait<0>();
+  dev::sync_block();
   if (lane < kLanes) {
     FA_UNROLL
     for (int i = 0; i < kGroup; ++i) {
       if (i >= n_heads) break;
       FA_UNROLL
-      for (int e = 0; e < kVec; ++e) red_acc[warp][i][col0 + e] = acc_o[i][e];
+      for (int e = 0; e < kVec; ++e) red_acc[(warp * kGroup + i) * kHeadDim + col0 + e] = acc_o[i][e];
       if (c == 0) {
-        red_state[warp][i][0] = state[i].row_max;
-        red_state[warp][i][1] = state[i].row_sum;
+        red_state[(warp * kGroup + i) * 2] = state[i].row_max;
+        red_state[(warp * kGroup + i) * 2 + 1] = state[i].row_sum;
       }
     }
   }
@@ -465,12 +528,14 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads, kDecodeBlocksPerSm)
     for (int e = 0; e < 8; ++e) o[e] = 0.f;
     FA_UNROLL
     for (int w = 0; w < kDecodeWarps; ++w) {
-      const float w_max = red_state[w][i][0];
+      const float w_max = red_state[(w * kGroup + i) * 2];
       const float alpha = st.rescale(w_max);
       const float beta = st.prob(w_max);
-      st.add(beta * red_state[w][i][1]);
+      st.add(beta * red_state[(w * kGroup + i) * 2 + 1]);
       FA_UNROLL
-      for (int e = 0; e < 8; ++e) o[e] = o[e] * alpha + beta * red_acc[w][i][col + e];
+      for (int e = 0; e < 8; ++e) {
+        o[e] = o[e] * alpha + beta * red_acc[(w * kGroup + i) * kHeadDim + col + e];
+      }
     }
     const float inv = st.inv_sum() * o_scale;  // 0 when no key was seen: out 0, lse -inf
     FA_UNROLL
