@@ -277,13 +277,12 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads, kDecodeBlocksPerSm)
   constexpr int kLanes = kHeadDim / kVec;                // lanes per key row
   constexpr int kRowsPerWarp = 32 / kLanes;              // key rows per warp per step
   constexpr int kRowsPerBlock = kDecodeWarps * kRowsPerWarp;
-  // Rows per thread group per step: their K and V loads are all in flight at once.
-  // Eight packed heads already hold 128 floats of q and acc_o per thread, so they get
-  // fewer rows in flight to stay clear of spills. An fp8 row holds twice the elements per
-  // lane (the same registers as two 16-bit rows), so it gets half the rows: the same
-  // registers, half the bytes in flight per thread (a quarter at four packed heads).
-  // Unmeasured on a GPU. Two rows at four packed heads compile without spills but at 244-250
-  // registers, too close to the cap to keep.
+  // Rows per thread group per step, widened to floats together (and, without the ring
+  // below, loaded together). Eight packed heads already hold 128 floats of q and acc_o per
+  // thread, so they get fewer rows to stay clear of spills. An fp8 row holds twice the
+  // elements per lane (the same registers as two 16-bit rows), so it gets half the rows.
+  // Two fp8 rows at four packed heads compiled without spills but at 244-250 registers,
+  // too close to the cap to keep.
   constexpr int kTile = kHalves == 1 ? (kGroup >= 8 ? 2 : 4) : (kGroup >= 4 ? 1 : 2);
   constexpr int kBlockN = kRowsPerBlock * kTile;         // keys per step of the block
   // Prefetch ring (16-byte cache rows, a.kv_vec16): each thread copies the K and V chunks
