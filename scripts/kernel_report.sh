@@ -27,7 +27,7 @@
 #   - no local-memory instructions (LDL/STL) in the SASS of any kernel;
 #   - tensor-core MMA (HMMA, or HGMMA from wgmma) in every attention_fwd kernel;
 #   - the sm_90a attention kernels (attention_fwd_sm90_kernel, sm_90a SASS) use HGMMA and TMA
-#     loads (UTMALDG), and ptxas injected no wgmma serialisation (its C7515..C7520 notes: a
+#     loads (UTMALDG), and ptxas injected no wgmma serialisation (its C75xx notes: a
 #     wait it had to insert, or wgmma it had to serialise, costs the overlap the kernel is
 #     built around); their register budgets per warpgroup role (setmaxnreg) are reported.
 #     Their other-architecture passes are traps (the dispatch never launches them) and are
@@ -248,18 +248,29 @@ for src in sources:
                 fn = None
         continue
     cur = props_of = None
+    pending = {}  # function -> wgmma notes not yet tied to an architecture
     for line in open(os.path.join(work, name + ".ptxas"), errors="replace"):
         m = re.search(r"Compiling entry function '([^']+)' for '(sm_\w+)'", line)
         if m:
             cur = (m.group(2), m.group(1))
+            if m.group(1) in pending:
+                wgmma_notes.setdefault(cur, []).extend(pending.pop(m.group(1)))
             res[cur] = dict(regs=0, smem=0, stack=0, spill_st=0, spill_ld=0, barriers=0)
             origin[m.group(1)] = os.path.basename(src)
             continue
-        if cur is None:
+        # ptxas's wgmma advisories ("(C7517) warpgroup.wait is injected ... in function
+        # '...'"; C7515 "wgmma.mma_async instructions are serialized ..."): printed before
+        # the "Compiling entry function" line of the pass they belong to, so a note naming a
+        # function waits for that line to learn its architecture.
+        m = re.search(r"\((C75\d\d)\)", line)
+        if m and re.search(r"wgmma|warpgroup|GMMA", line):
+            named = re.search(r"function '([^']+)'", line)
+            if named:
+                pending.setdefault(named.group(1), []).append(m.group(1))
+            else:
+                wgmma_notes.setdefault(cur or ("?", "?"), []).append(m.group(1))
             continue
-        m = re.search(r"\((C75(?:1[5-9]|20))\)", line)
-        if m and "wgmma" in line.lower():
-            wgmma_notes.setdefault(cur, []).append(m.group(1))
+        if cur is None:
             continue
         m = re.search(r"Function properties for (\S+)", line)
         if m:
@@ -284,6 +295,8 @@ for src in sources:
             r["barriers"] = int(b.group(1)) if b else 0
             r["smem"] = int(s.group(1)) if s else 0
             cur = None  # the entry's last line
+    for fn, codes in pending.items():  # named a function no entry line followed
+        wgmma_notes.setdefault(("?", fn), []).extend(codes)
 
 # ---- SASS: per (arch, mangled) opcode counts ---------------------------------------------
 OPS = ("HMMA", "HGMMA", "UTMALDG", "LDL", "STL", "LDG128", "STG128")
@@ -398,6 +411,10 @@ for arch, fn in keys:
             problems.append("no setmaxnreg")
     rows.append((origin.get(fn, "?"), short(fn), arch, r, s, problems))
     failures += [f"{short(fn)} [{arch}]: {p}" for p in problems]
+for key, codes in wgmma_notes.items():
+    if key not in keys:  # a note ptxas did not tie to a kernel listed above
+        failures.append(f"ptxas wgmma note(s) {', '.join(sorted(set(codes)))} for "
+                        f"{short(key[1])} [{key[0]}]")
 for arch, fn, st, ld in devfn_spills:
     failures.append(f"device function {short(fn)} [{arch}]: spills {st}/{ld} B")
 

@@ -136,3 +136,37 @@ def test_objects_mode_fails_on_a_bad_kernel(tmp_path):
     assert r.returncode == 1, out
     assert "bad_attention_fwd_kernel [sm_80]: local memory" in r.stdout, out
     assert "bad_attention_fwd_kernel [sm_80]: no tensor-core MMA" in r.stdout, out
+
+
+BAD_SM90_KERNEL = r"""
+// An sm_90a "attention" kernel that reads a wgmma accumulator before its wait: ptxas
+// injects a warpgroup.wait (C7517), which costs the overlap the real kernel relies on.
+__global__ void __launch_bounds__(128) attention_fwd_sm90_kernel(float* out,
+    unsigned long long da, unsigned long long db, int scale) {
+  float d[4] = {0.f, 0.f, 0.f, 0.f};
+  asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %6, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {%0, %1, %2, %3}, %4, %5, p, 1, 1, "
+      "0, 0;\n}"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "l"(da), "l"(db), "r"(scale));
+  asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+  out[threadIdx.x + 128] = d[0];
+  asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+  out[threadIdx.x] = d[0] + d[1] + d[2] + d[3];
+}
+"""
+
+
+def test_sm90_checks_fail_on_a_bad_kernel(tmp_path):
+    """The sm_90a checks bite: an injected warpgroup wait (ptxas C7517), no TMA load and
+    no setmaxnreg each fail the kernel."""
+    src = tmp_path / "bad_attention_fwd_sm90.cu"
+    src.write_text(BAD_SM90_KERNEL)
+    r = run_report("--no-so", "--src", str(src), env={"TORCH_CUDA_ARCH_LIST": "9.0a"})
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert "attention_fwd_sm90_kernel [sm_90a]: ptxas serialised wgmma (C7517)" in r.stdout, out
+    assert "attention_fwd_sm90_kernel [sm_90a]: no TMA load (UTMALDG)" in r.stdout, out
+    assert "attention_fwd_sm90_kernel [sm_90a]: no setmaxnreg" in r.stdout, out
