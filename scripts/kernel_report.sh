@@ -409,6 +409,17 @@ for arch, fn in keys:
                           f"{roles or 'none found'}")
         if not budgets:
             problems.append("no setmaxnreg")
+        else:
+            # One producer and two consumer warpgroups: setmaxnreg.inc waits until the
+            # block's pool (its registers at entry) has what it asks, so more than the
+            # pool would hang every block.
+            lo = min(n for kind, n in budgets if kind == "dealloc") if any(
+                kind == "dealloc" for kind, _ in budgets) else r["regs"]
+            hi = max(n for kind, n in budgets if kind == "alloc") if any(
+                kind == "alloc" for kind, _ in budgets) else r["regs"]
+            if 128 * lo + 256 * hi > 384 * r["regs"]:
+                problems.append(f"setmaxnreg asks 128 x {lo} + 256 x {hi} registers, more "
+                                f"than the {384 * r['regs']} the block starts with")
     rows.append((origin.get(fn, "?"), short(fn), arch, r, s, problems))
     failures += [f"{short(fn)} [{arch}]: {p}" for p in problems]
 for key, codes in wgmma_notes.items():

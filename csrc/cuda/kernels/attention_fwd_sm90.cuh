@@ -476,12 +476,20 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(Sm90Config<kHeadDim>::kThreads, 1)
     }
     dev::wgmma_commit_group();
   };
+  // P's registers are read by the MMA until its wait: fenced on both sides, so that nvcc
+  // neither moves the next probs_to_a above the wait nor the conversion below the issue.
+  const auto fence_p = [&] {
+    FA_UNROLL
+    for (int ks = 0; ks < kBlockN / 16; ++ks) dev::wgmma_fence_operand(p_frag[ks]);
+  };
   const auto issue_pv = [&](int st) {
+    fence_p();
     FA_UNROLL
     for (int ks = 0; ks < kBlockN / 16; ++ks) {
       dev::wgmma_rs<T, kHeadDim, dev::Major::kMN>(acc_o, p_frag[ks], v_desc(st, ks), true);
     }
     dev::wgmma_commit_group();
+    fence_p();
   };
   const auto release = [&](uint64_t* empty) {
     if (lane == 0) dev::mbarrier_arrive(empty);
@@ -523,6 +531,7 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(Sm90Config<kHeadDim>::kThreads, 1)
                             row_hi, t);
       dev::wgmma_wait_group<0>();
       dev::wgmma_fence_operand(acc_o);
+      fence_p();
       release(&sm.v_empty[prev]);
       FA_UNROLL
       for (int i = 0; i < kHeadDim / 2; ++i) acc_o[i] *= alpha[(i >> 1) & 1];
@@ -603,15 +612,16 @@ int make_sm90_tensor_maps(const AttnParams& p, ::fastattn::device::TensorMap (&m
     return m;
   };
   int flags = 0;
+  // TMA coordinates are int32: longer packed tensors take the cp.async path.
   const int64_t q_rows = p.cu_seqlens_q ? p.total_q : p.seqlen_q;
-  if (Cfg::kBlockM % group == 0 && q_rows > 0 &&
+  if (Cfg::kBlockM % group == 0 && q_rows > 0 && q_rows <= INT32_MAX - Cfg::kBlockM &&
       try_map(&maps[0], spec_of(p.q, p.cu_seqlens_q, p.num_heads_q, q_rows, p.q_head_stride,
                                 p.q_row_stride, p.q_batch_stride, group,
                                 Cfg::kBlockM / group))) {
     flags |= attn_fwd_sm90::kTmaQ;
   }
   const int64_t k_rows = p.cu_seqlens_k ? p.total_k : p.seqlen_k;
-  if (!p.block_table && k_rows > 0 &&
+  if (!p.block_table && k_rows > 0 && k_rows <= INT32_MAX - Cfg::kBlockN &&
       try_map(&maps[1], spec_of(p.k, p.cu_seqlens_k, p.num_heads_k, k_rows, p.k_head_stride,
                                 p.k_row_stride, p.k_batch_stride, 1, Cfg::kBlockN)) &&
       try_map(&maps[2], spec_of(p.v, p.cu_seqlens_k, p.num_heads_k, k_rows, p.v_head_stride,
