@@ -102,10 +102,16 @@ bad_attention_fwd_kernel(const float* in, float* out, int n, int k) {
 """
 
 
+def report_on(tmp_path, name, source, arch="8.0", *args):
+    """The report on one translation unit `name` holding `source`, for one architecture."""
+    src = tmp_path / name
+    src.write_text(source)
+    return run_report("--no-so", "--src", str(src), *args,
+                      env={"TORCH_CUDA_ARCH_LIST": arch})
+
+
 def test_checks_fail_on_a_bad_kernel(tmp_path):
-    src = tmp_path / "bad_attention_fwd.cu"
-    src.write_text(BAD_KERNEL)
-    r = run_report("--no-so", "--src", str(src), env={"TORCH_CUDA_ARCH_LIST": "8.0"})
+    r = report_on(tmp_path, "bad_attention_fwd.cu", BAD_KERNEL)
     out = r.stdout + r.stderr
     assert r.returncode == 1, out
     assert "bad_attention_fwd_kernel [sm_80]: spills" in r.stdout, out
@@ -114,9 +120,7 @@ def test_checks_fail_on_a_bad_kernel(tmp_path):
 
 
 def test_compile_error_is_exit_2(tmp_path):
-    src = tmp_path / "broken.cu"
-    src.write_text("__global__ void k() { this does not compile; }\n")
-    r = run_report("--no-so", "--src", str(src), env={"TORCH_CUDA_ARCH_LIST": "8.0"})
+    r = report_on(tmp_path, "broken.cu", "__global__ void k() { this does not compile; }\n")
     assert r.returncode == 2, r.stdout + r.stderr
     assert "does not compile" in r.stderr
 
@@ -162,9 +166,7 @@ __global__ void __launch_bounds__(128) attention_fwd_sm90_kernel(float* out,
 def test_sm90_checks_fail_on_a_bad_kernel(tmp_path):
     """The sm_90a checks bite: an injected warpgroup wait (ptxas C7517), no TMA load and
     no setmaxnreg each fail the kernel."""
-    src = tmp_path / "bad_attention_fwd_sm90.cu"
-    src.write_text(BAD_SM90_KERNEL)
-    r = run_report("--no-so", "--src", str(src), env={"TORCH_CUDA_ARCH_LIST": "9.0a"})
+    r = report_on(tmp_path, "bad_attention_fwd_sm90.cu", BAD_SM90_KERNEL, "9.0a")
     out = r.stdout + r.stderr
     assert r.returncode == 1, out
     assert "attention_fwd_sm90_kernel [sm_90a]: ptxas serialised wgmma (C7517)" in r.stdout, out

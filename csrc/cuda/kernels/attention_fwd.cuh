@@ -198,14 +198,9 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(FwdConfig<kHeadDim>::kThreads)
   int row_lo[2], row_hi[2];
   FA_UNROLL
   for (int r = 0; r < 2; ++r) {
-    const int m = m0 + warp * 16 + g + 8 * r;
-    row_lo[r] = row_hi[r] = 0;
-    if (m < m_end) {
-      const KeyRange kr =
-          visible_keys(m / group, s.q_len, s.k_len, p.causal, p.window_left, p.window_right);
-      row_lo[r] = kr.lo;
-      row_hi[r] = kr.hi;
-    }
+    const KeyRange kr = fwd_row_keys(p, blk, m0 + warp * 16 + g + 8 * r);
+    row_lo[r] = kr.lo;
+    row_hi[r] = kr.hi;
   }
 
   T* sQ = dev::dynamic_smem<T>();    // [kBlockM, kStride], later the output staging

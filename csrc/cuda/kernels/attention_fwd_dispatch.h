@@ -64,8 +64,9 @@ inline bool sm90_kernels_selected(bool fp8_cache) {
 
 template <typename T, typename C>
 void dispatch_attention_fwd_head_dim(const AttnParams& p, void* stream) {
+  [[maybe_unused]] const bool sm90 = sm90_kernels_selected(!std::is_same_v<T, C>);
   if constexpr (std::is_same_v<T, C>) {
-    if (sm90_kernels_selected(false)) {
+    if (sm90) {
       switch (compiled_head_dim(p.head_dim)) {
         case 64: return launch_attention_fwd_sm90<T, 64>(p, stream);
         case 128: return launch_attention_fwd_sm90<T, 128>(p, stream);
@@ -73,8 +74,6 @@ void dispatch_attention_fwd_head_dim(const AttnParams& p, void* stream) {
         default: break;  // the error below
       }
     }
-  } else {
-    (void)sm90_kernels_selected(true);  // still rejects a bad $FASTATTN_CUDA_KERNELS
   }
   switch (compiled_head_dim(p.head_dim)) {
     case 64: return launch_attention_fwd<T, C, 64>(p, stream);

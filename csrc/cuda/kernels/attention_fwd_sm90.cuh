@@ -155,9 +155,12 @@ struct Tiles {
 template <typename T, int kHeadDim>
 FA_DEVICE void produce(const dev::TensorMap& q_map, const dev::TensorMap& k_map,
                        const dev::TensorMap& v_map, const AttnParams& p, int tma_flags,
-                       const Tiles& sm, const SeqBounds& s, int b, int hk, int m0, int m_end,
-                       int group, int key_lo, int key_hi, int n_tiles, int ptid, int& err) {
+                       const Tiles& sm, const FwdBlock& blk, int b, int hk, int n_tiles,
+                       int ptid, int& err) {
   using Cfg = Sm90Config<kHeadDim>;
+  const SeqBounds& s = blk.s;
+  const int m0 = blk.m0, m_end = blk.m_end, group = blk.group;
+  const int key_lo = blk.keys.lo, key_hi = blk.keys.hi;
   constexpr int kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN;
   const bool varlen_q = p.cu_seqlens_q != nullptr;
   const bool varlen_k = p.cu_seqlens_k != nullptr;
@@ -367,14 +370,12 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(Sm90Config<kHeadDim>::kThreads, 1)
   const int m_block = p.causal ? int(gridDim.x - 1 - blockIdx.x) : int(blockIdx.x);
   int page_err = 0;  // this producer thread's bad block-table reads
   const FwdBlock blk = fwd_block(p, b, hk, m_block, kBlockM, tid, Cfg::kThreads);
-  const SeqBounds& s = blk.s;
   const int seq_err = blk.seq_err;
-  const int group = blk.group;
   if (blk.m0 >= blk.m_end) {  // uniform over the block, before any barrier
     if (seq_err && tid == 0) report_error(p.error_flag, seq_err);
     return;
   }
-  const int m0 = blk.m0, m_end = blk.m_end;
+  const int m0 = blk.m0;
   const KeyRange keys = blk.keys;
   const int n_tiles = (keys.hi - keys.lo + kBlockN - 1) / kBlockN;
 
@@ -409,8 +410,8 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(Sm90Config<kHeadDim>::kThreads, 1)
   if (wg == 0) {
     dev::setmaxnreg_dec<Cfg::kProducerRegs>();
     if (n_tiles > 0) {
-      produce<T, kHeadDim>(q_map, k_map, v_map, p, tma_flags, sm, s, b, hk, m0, m_end, group,
-                           keys.lo, keys.hi, n_tiles, tid, page_err);
+      produce<T, kHeadDim>(q_map, k_map, v_map, p, tma_flags, sm, blk, b, hk, n_tiles, tid,
+                           page_err);
     }
     if (page_err) report_error(p.error_flag, page_err);
     if (seq_err && tid == 0) report_error(p.error_flag, seq_err);
@@ -427,14 +428,9 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(Sm90Config<kHeadDim>::kThreads, 1)
   int row_lo[2], row_hi[2];
   FA_UNROLL
   for (int r = 0; r < 2; ++r) {
-    const int m = m0 + cw * 64 + warp * 16 + g + 8 * r;
-    row_lo[r] = row_hi[r] = 0;
-    if (m < m_end) {
-      const KeyRange kr =
-          visible_keys(m / group, s.q_len, s.k_len, p.causal, p.window_left, p.window_right);
-      row_lo[r] = kr.lo;
-      row_hi[r] = kr.hi;
-    }
+    const KeyRange kr = fwd_row_keys(p, blk, m0 + cw * 64 + warp * 16 + g + 8 * r);
+    row_lo[r] = kr.lo;
+    row_hi[r] = kr.hi;
   }
 
   // Descriptors: Q rows 64 cw.. (K-major), K (K-major) and V (MN-major) of a stage. K slice

@@ -123,6 +123,13 @@ FA_DEVICE FwdBlock fwd_block(const AttnParams& p, int b, int hk, int m_block, in
   return f;
 }
 
+// Keys packed row m of the block sees; none for a padding row (m >= m_end).
+FA_DEVICE KeyRange fwd_row_keys(const AttnParams& p, const FwdBlock& f, int m) {
+  if (m >= f.m_end) return KeyRange{0, 0};
+  return visible_keys(m / f.group, f.s.q_len, f.s.k_len, p.causal, p.window_left,
+                      p.window_right);
+}
+
 // Keys every row of the block sees: tiles inside [lo, hi) need no mask.
 FA_DEVICE KeyRange fwd_unmasked_keys(const AttnParams& p, const FwdBlock& f) {
   return KeyRange{

@@ -370,11 +370,11 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads, kDecodeBlocksPerSm)
   // Row t of the step at key n0: valid when inside the split and its page is in range
   // (checked before k_offset/v_offset dereference it; they re-read the same cached entry:
   // keeping the pages live instead cost registers and spilled, scripts/kernel_report.sh).
-  const auto row_valid = [&](int j, bool report) {
+  const auto row_valid = [&](int j) {
     if (j >= range.end) return false;
     const int32_t page = p.block_table[table_row + j / p.page_size];
     if (page < 0 || page >= p.num_pages) {
-      if (report && c == 0) report_error(p.error_flag, kErrBlockTable);
+      if (c == 0) report_error(p.error_flag, kErrBlockTable);
       return false;
     }
     return true;
@@ -384,12 +384,18 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads, kDecodeBlocksPerSm)
   };
   // Ring: copies of the step at key n0 into its slots (zero-filled where invalid); one
   // commit group per step, empty past the split, so that wait<kStages - 2> always covers
-  // the step about to be read.
+  // the step about to be read. Bit (step % kStages) * kTile + t of ring_valid keeps each
+  // slot's row_valid for the step that reads it (no second block-table read).
+  static_assert(kStages * kTile <= 32, "one bit per ring row");
+  uint32_t ring_valid = 0;
   const auto prefetch = [&](int step, int n0) {
     FA_UNROLL
     for (int t = 0; t < kTile; ++t) {
       const int j = n0 + t * kRowsPerBlock + row_in_block;
-      const bool ok = n0 < range.end && row_valid(j, true) && n_cols > 0;
+      const bool row_ok = n0 < range.end && row_valid(j);
+      const uint32_t bit = 1u << (step % kStages * kTile + t);
+      ring_valid = row_ok ? ring_valid | bit : ring_valid & ~bit;
+      const bool ok = row_ok && n_cols > 0;
       const C* k_src = ok ? k_base + k_offset(p, sb, b, j, hk) + col0 : k_base;
       const C* v_src = ok ? v_base + v_offset(p, sb, b, j, hk) + col0 : v_base;
       dev::cp_async_16(slot(step, t, 0), k_src, ok ? 16u : 0u);
@@ -416,7 +422,7 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads, kDecodeBlocksPerSm)
         dev::cp_async_wait<kStages - 2>();
         FA_UNROLL
         for (int t = 0; t < kTile; ++t) {
-          valid[t] = row_valid(n0 + t * kRowsPerBlock + row_in_block, false);
+          valid[t] = (ring_valid >> (step % kStages * kTile + t)) & 1u;
           k_raw[t] = *slot(step, t, 0);
           v_raw[t] = *slot(step, t, 1);
         }
@@ -426,7 +432,7 @@ FA_KERNEL void FA_LAUNCH_BOUNDS(kDecodeThreads, kDecodeBlocksPerSm)
         FA_UNROLL
         for (int t = 0; t < kTile; ++t) {
           const int j = n0 + t * kRowsPerBlock + row_in_block;
-          valid[t] = row_valid(j, true);
+          valid[t] = row_valid(j);
           k_raw[t] = v_raw[t] = dev::uint4{0, 0, 0, 0};
           if (valid[t] && n_cols > 0) {
             k_raw[t] = load_kv_vec(k_base + k_offset(p, sb, b, j, hk) + col0, n_cols,
